@@ -1,0 +1,41 @@
+"""Exceptions raised by cachetier.
+
+The tree::
+
+    CacheError
+    ├── BackendError          a backend was unreachable, timed out or failed
+    ├── SerializationError    a value could not be encoded, or stored bytes decoded  (also ValueError)
+    ├── ConfigurationError    a setting or argument is invalid                        (also ValueError)
+    └── LockTimeout           a distributed lock was not obtained in time            (also TimeoutError)
+
+A non-``str`` key raises the builtin ``TypeError``. Messages name the key, type or environment
+variable at fault and never contain a password, token or full URL.
+"""
+
+from __future__ import annotations
+
+__all__ = ("BackendError", "CacheError", "ConfigurationError", "LockTimeout", "SerializationError")
+
+
+class CacheError(Exception):
+    """Base class of every exception cachetier raises."""
+
+
+class BackendError(CacheError):
+    """Raised when a backend is unreachable, times out or answers with an error.
+
+    With the default fail-open behaviour the `Cache` turns this into a miss or a skipped write;
+    it reaches callers only with ``strict=True`` or from operations that have no safe fallback.
+    """
+
+
+class SerializationError(CacheError, ValueError):
+    """Raised when a value cannot be serialized, naming its type; nothing is stored then."""
+
+
+class ConfigurationError(CacheError, ValueError):
+    """Raised when a setting or argument is invalid, naming the setting or environment variable."""
+
+
+class LockTimeout(CacheError, TimeoutError):
+    """Raised when a distributed lock is not obtained, nor its value seen, within the timeout."""

@@ -1,0 +1,50 @@
+"""TTL presets, the `TTLLike` alias and its conversion to seconds."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from typing import Final
+
+from typing_extensions import TypeAlias
+
+from ._errors import ConfigurationError
+
+__all__ = ("TTL", "TTLLike", "to_seconds")
+
+TTLLike: TypeAlias = "float | int | timedelta"
+
+
+class TTL:
+    """Named time-to-live presets, in seconds."""
+
+    DEFAULT: Final = 3600
+    QUERY: Final = 1800
+    USER: Final = 300
+    METRICS: Final = 60
+    CONTENT: Final = 7200
+    MODEL: Final = 86400
+
+
+def to_seconds(ttl: TTLLike | None, *, name: str = "ttl") -> float | None:
+    """Returns ``ttl`` as positive finite seconds, or ``None`` for "no expiry".
+
+    Raises:
+        TypeError: ``ttl`` is not a number or a ``timedelta`` (``bool`` is refused).
+        ConfigurationError: ``ttl`` is zero, negative, NaN or infinite.
+    """
+    if ttl is None:
+        return None
+    if isinstance(ttl, timedelta):
+        seconds = ttl.total_seconds()
+    elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
+        seconds = float(ttl)
+    else:
+        raise TypeError(
+            f"{name} must be seconds (int or float) or a timedelta, not {type(ttl).__name__}"
+        )
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigurationError(
+            f"{name} must be a positive, finite number of seconds, got {seconds!r}"
+        )
+    return seconds

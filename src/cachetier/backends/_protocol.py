@@ -1,0 +1,94 @@
+"""The `Backend` protocol: the small async byte-level contract every backend meets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+__all__ = ("Backend", "ServerInfoBackend")
+
+
+class Backend(Protocol):
+    """An async store of ``bytes`` values under ``str`` keys, with per-key expiry.
+
+    Keys reach a backend fully built (namespace and version included). ``ttl`` arguments are
+    positive seconds, or ``None`` for no expiry; backends keep at least millisecond precision.
+    Failures are raised as `cachetier.BackendError`; the `Cache` decides whether they fail open.
+    At this level ``None`` means "absent", which is unambiguous because values are bytes.
+    """
+
+    @property
+    def kind(self) -> str:
+        """A short name for reports and logs: ``"redis"``, ``"memory"``, ``"null"`` ..."""
+        ...
+
+    async def get(self, key: str) -> bytes | None:
+        """Returns the value of ``key``, or ``None`` when it is absent or expired."""
+        ...
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Returns the values of ``keys`` in order, ``None`` for each absent one; one round trip."""
+        ...
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Stores ``value`` under ``key``, replacing any value and expiry it had."""
+        ...
+
+    async def set_many(self, items: Mapping[str, bytes], ttl: float | None = None) -> None:
+        """Stores every item with the same ``ttl``; one round trip."""
+        ...
+
+    async def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        """Stores ``value`` only if ``key`` is absent; returns whether it was stored."""
+        ...
+
+    async def delete(self, *keys: str) -> int:
+        """Removes ``keys``; returns how many existed."""
+        ...
+
+    async def exists(self, key: str) -> bool:
+        """Returns whether ``key`` holds a live value."""
+        ...
+
+    async def ttl(self, key: str) -> float | None:
+        """Returns the seconds ``key`` has left, ``math.inf`` if it never expires, ``None`` if absent."""
+        ...
+
+    async def expire(self, key: str, ttl: float) -> bool:
+        """Sets the expiry of an existing ``key``; returns ``False`` if it is absent."""
+        ...
+
+    async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        """Adds ``amount`` to the integer at ``key`` (absent counts as 0) and returns the result.
+
+        When the increment creates the key, ``ttl`` is applied in the same atomic step; an
+        existing key keeps the expiry it had. A value that is not an integer raises
+        `BackendError`.
+        """
+        ...
+
+    def scan(self, pattern: str, *, count: int = 500) -> AsyncIterator[list[str]]:
+        """Yields batches of keys matching a Redis glob ``pattern``, never blocking the store.
+
+        A key present for the whole scan is yielded at least once; one added or removed
+        meanwhile may or may not be. ``count`` is a hint for the batch size.
+        """
+        ...
+
+    async def ping(self) -> None:
+        """Checks that the store answers; raises `BackendError` if not."""
+        ...
+
+    async def aclose(self) -> None:
+        """Releases connections and other resources; the backend may be used again after."""
+        ...
+
+
+@runtime_checkable
+class ServerInfoBackend(Protocol):
+    """A backend that can describe the server behind it, for `Cache.health_check`."""
+
+    async def server_info(self) -> dict[str, float | int | str]:
+        """Returns server facts: ``uptime_seconds``, ``used_memory_mb``, ``connected_clients``,
+        ``ops_per_sec`` where known."""
+        ...

@@ -1,0 +1,75 @@
+"""`NullBackend`: stores nothing, so every read misses; caching off with the app unchanged."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import final
+
+__all__ = ("NullBackend",)
+
+
+@final
+class NullBackend:
+    """A backend that stores nothing: reads miss, writes succeed and are dropped.
+
+    `incr` returns ``amount`` each time, as if every count started afresh.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NullBackend()"
+
+    @property
+    def kind(self) -> str:
+        """Always ``"null"``."""
+        return "null"
+
+    async def get(self, key: str) -> bytes | None:
+        """Returns ``None``."""
+        return None
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Returns ``None`` for every key."""
+        return [None] * len(keys)
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Drops the value."""
+
+    async def set_many(self, items: Mapping[str, bytes], ttl: float | None = None) -> None:
+        """Drops the values."""
+
+    async def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        """Drops the value and reports it stored, as a store that forgot it at once would."""
+        return True
+
+    async def delete(self, *keys: str) -> int:
+        """Returns 0."""
+        return 0
+
+    async def exists(self, key: str) -> bool:
+        """Returns ``False``."""
+        return False
+
+    async def ttl(self, key: str) -> float | None:
+        """Returns ``None``."""
+        return None
+
+    async def expire(self, key: str, ttl: float) -> bool:
+        """Returns ``False``."""
+        return False
+
+    async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        """Returns ``amount``."""
+        return amount
+
+    async def scan(self, pattern: str, *, count: int = 500) -> AsyncIterator[list[str]]:
+        """Yields nothing."""
+        return
+        yield  # pragma: no cover - makes this an async generator
+
+    async def ping(self) -> None:
+        """Always succeeds."""
+
+    async def aclose(self) -> None:
+        """Does nothing."""

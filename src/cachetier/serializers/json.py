@@ -1,0 +1,91 @@
+"""`JsonSerializer`, the default: orjson when installed, the standard library otherwise.
+
+Both paths encode the same types the same way: pydantic models through ``model_dump(mode="json")``,
+dataclasses as objects, ``datetime``/``date``/``time`` in ISO 8601, ``UUID`` and ``Decimal`` as
+strings, enums by value, sets and tuples as arrays. Decoding gives plain JSON types; the typed
+decode of `Cache.cached` rebuilds the original types from the return annotation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import json as _stdlib_json
+import uuid
+from decimal import Decimal
+from typing import Any, Final
+
+from .._errors import SerializationError
+
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised in the no-extras CI job
+    _orjson = None  # type: ignore[assignment]  # optional dependency absent
+
+__all__ = ("JsonSerializer",)
+
+_ORJSON_OPTIONS: Final = 0 if _orjson is None else _orjson.OPT_NON_STR_KEYS
+
+
+def _default(value: object) -> Any:
+    """Encodes the types JSON lacks; raises TypeError for anything else, as json expects."""
+    model_dump = getattr(value, "model_dump", None)
+    if model_dump is not None and callable(model_dump):
+        return model_dump(mode="json")
+    if isinstance(value, Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, set | frozenset):
+        return list(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
+def _type_name(value: object) -> str:
+    return f"{type(value).__module__}.{type(value).__qualname__}"
+
+
+class JsonSerializer:
+    """Encodes values as compact UTF-8 JSON; uses orjson when it is installed."""
+
+    __slots__ = ("_use_orjson",)
+
+    def __init__(self, *, use_orjson: bool | None = None) -> None:
+        """Args:
+        use_orjson: force orjson on or off; by default it is used when importable.
+        """
+        if use_orjson and _orjson is None:
+            raise ImportError('orjson is not installed: pip install "cachetier[orjson]"')
+        self._use_orjson = _orjson is not None if use_orjson is None else use_orjson
+
+    def __repr__(self) -> str:
+        return f"JsonSerializer(use_orjson={self._use_orjson})"
+
+    def dumps(self, value: object) -> bytes:
+        """Returns ``value`` as UTF-8 JSON bytes."""
+        try:
+            if self._use_orjson:
+                return _orjson.dumps(value, default=_default, option=_ORJSON_OPTIONS)
+            return _stdlib_json.dumps(
+                value, default=_default, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ).encode()
+        except (TypeError, ValueError) as exc:
+            raise SerializationError(
+                f"cannot serialize a value of type {_type_name(value)} as JSON: {exc}"
+            ) from exc
+
+    def loads(self, data: bytes) -> object:
+        """Returns the value the JSON bytes hold."""
+        try:
+            if self._use_orjson:
+                return _orjson.loads(data)
+            return _stdlib_json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SerializationError(f"stored bytes are not valid JSON: {exc}") from exc
