@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import timedelta
-from typing import Final
-
-from typing_extensions import TypeAlias
+from typing import Final, TypeAlias
 
 from ._errors import ConfigurationError
 

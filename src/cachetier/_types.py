@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Final, Literal
-
-from typing_extensions import TypeAlias
+from typing import Final, Literal, TypeAlias
 
 __all__ = ("MISSING", "BackendName", "Clock", "Missing", "Outcome")
 

@@ -41,5 +41,5 @@ class MsgpackSerializer:
         """Returns the value the MessagePack bytes hold."""
         try:
             return _msgpack.unpackb(data, raw=False, strict_map_key=False)
-        except Exception as exc:  # noqa: BLE001  # msgpack raises many unrelated types for bad bytes
+        except Exception as exc:  # msgpack raises many unrelated types for bad bytes
             raise SerializationError(f"stored bytes are not valid MessagePack: {exc}") from exc

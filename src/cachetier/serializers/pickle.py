@@ -37,5 +37,5 @@ class PickleSerializer:
         """Returns the unpickled value."""
         try:
             return _pickle.loads(data)  # noqa: S301  # opt-in by name; see the module docstring
-        except Exception as exc:  # noqa: BLE001  # unpickling bad bytes raises arbitrary types
+        except Exception as exc:  # unpickling bad bytes raises arbitrary types
             raise SerializationError(f"stored bytes are not a valid pickle: {exc}") from exc
