@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from ._cache import Cache
 from ._errors import BackendError, CacheError, ConfigurationError, LockTimeout, SerializationError
+from ._health import HealthReport
+from ._keys import KeyBuilder
+from ._settings import CacheSettings
+from ._stats import CacheStats
 from ._ttl import TTL, TTLLike
 from ._types import MISSING, Outcome
 from ._version import __version__
@@ -11,8 +16,13 @@ __all__ = (
     "MISSING",
     "TTL",
     "BackendError",
+    "Cache",
     "CacheError",
+    "CacheSettings",
+    "CacheStats",
     "ConfigurationError",
+    "HealthReport",
+    "KeyBuilder",
     "LockTimeout",
     "Outcome",
     "SerializationError",

@@ -1,0 +1,296 @@
+"""`KeyBuilder`: ``namespace:version:part:part`` keys, escaping, hashing, and keys of calls.
+
+Escaping. Inside a part, ``\\``, ``:`` and the glob characters ``*?[]`` are preceded by a
+backslash. An unescaped ``:`` therefore always separates parts, which makes the map from
+part sequences to keys injective, and an escaped part used inside a Redis glob matches only
+itself, because Redis reads ``\\x`` in a pattern as a literal ``x``.
+
+Shortening. A key longer than ``max_length`` keeps its first characters (never fewer than
+the namespace and version prefix) and ends in ``#`` plus a 32-hex-digit BLAKE2b digest of the
+whole key, so it stays unique, stable across processes, and reachable by prefix patterns.
+
+Call keys. Arguments are bound to the signature with defaults applied, so keyword order and
+positional versus keyword passing do not matter, and each value is encoded with its type:
+``1``, ``1.0``, ``"1"`` and ``True`` give different keys. Values whose only text is
+``object.__repr__`` (a memory address) are refused, since they would make every key unique.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import hashlib
+import inspect
+import json
+import re
+import uuid
+from collections.abc import Callable, Collection, Mapping
+from decimal import Decimal
+from typing import Any, Final, cast, final
+
+from ._errors import ConfigurationError
+from ._glob import glob_escape
+
+__all__ = ("KeyBuilder", "encode_argument", "escape_part", "function_name")
+
+_PART_ESCAPES: Final = str.maketrans({c: "\\" + c for c in "\\:*?[]"})
+_DIGEST_LENGTH: Final = 32  # hex digits of a 16-byte BLAKE2b digest
+_ADDRESS: Final = re.compile(r"\bat 0x[0-9a-fA-F]+")
+
+
+def escape_part(part: str) -> str:
+    """Returns ``part`` with ``\\``, ``:`` and ``*?[]`` escaped by a backslash."""
+    return part.translate(_PART_ESCAPES)
+
+
+def function_name(func: Callable[..., object]) -> str:
+    """Returns ``module.qualname`` of ``func``, the stable identity of its calls."""
+    func = inspect.unwrap(func)
+    module = getattr(func, "__module__", None) or "?"
+    qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or "?"
+    return f"{module}.{qualname}"
+
+
+def _qualname(value: object) -> str:
+    return type(value).__qualname__
+
+
+def _encode_sequence(open_: str, items: Collection[Any], close: str) -> str:
+    return open_ + ",".join(encode_argument(item) for item in items) + close
+
+
+def encode_argument(value: object) -> str:
+    """Returns a canonical text for ``value`` that includes its type.
+
+    Equal values of the same type give equal texts in every process; values of different
+    types give different texts. Objects may define ``__cache_key__(self) -> str`` to choose
+    their own text.
+
+    Raises:
+        TypeError: the value's only text is a memory address (``object.__repr__``).
+    """
+    # Order matters: bool is an int, IntEnum is an int and an Enum, StrEnum is a str.
+    if value is None:
+        return "None"
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    custom = getattr(type(value), "__cache_key__", None)
+    if custom is not None:
+        return f"{_qualname(value)}<{custom(value)}>"
+    if isinstance(value, enum.Enum):
+        return f"{_qualname(value)}.{value.name}"
+    if type(value) is int:
+        return str(value)
+    if type(value) is str:
+        return json.dumps(value, ensure_ascii=False)
+    if type(value) is float:
+        return repr(value)  # always has ".", "e", "inf" or "nan", so never equal to an int's text
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"bytes:{bytes(value).hex()}"
+    if isinstance(value, tuple | list):
+        opener, closer = ("(", ")") if isinstance(value, tuple) else ("[", "]")
+        if type(value) not in (tuple, list):
+            opener = f"{_qualname(value)}{opener}"
+        return _encode_sequence(opener, value, closer)
+    if isinstance(value, set | frozenset):
+        return "set{" + ",".join(sorted(encode_argument(item) for item in value)) + "}"
+    if isinstance(value, Mapping):
+        items = sorted(f"{encode_argument(k)}:{encode_argument(v)}" for k, v in value.items())
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return f"{_qualname(value)}({value.isoformat()})"
+    if isinstance(value, dt.timedelta):
+        return f"timedelta({value.total_seconds()!r})"
+    if isinstance(value, uuid.UUID):
+        return f"UUID({value.hex})"
+    if isinstance(value, Decimal):
+        return f"Decimal({value})"
+    if isinstance(value, int | str | float):
+        # Subclasses of the builtins: tag with the subclass so they differ from the builtin.
+        base = int if isinstance(value, int) else str if isinstance(value, str) else float
+        return f"{_qualname(value)}<{encode_argument(base(value))}>"
+    model_dump_json = getattr(value, "model_dump_json", None)
+    if callable(model_dump_json):
+        return f"{_qualname(value)}{model_dump_json()}"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = ",".join(
+            f"{f.name}={encode_argument(getattr(value, f.name))}" for f in dataclasses.fields(value)
+        )
+        return f"{_qualname(value)}({fields})"
+    if isinstance(value, type):
+        return f"type:{value.__module__}.{value.__qualname__}"
+    text = repr(value)
+    if type(value).__repr__ is object.__repr__ or _ADDRESS.search(text):
+        raise TypeError(
+            f"cannot build a cache key from a {type(value).__module__}.{_qualname(value)} argument: "
+            "its text is a memory address, so every call would get a new key; exclude the "
+            "argument by name, or give the class a __cache_key__() or a stable __repr__()"
+        )
+    return f"{_qualname(value)}<{text}>"
+
+
+@final
+class KeyBuilder:
+    """Builds keys of the form ``namespace:version:part:part...``.
+
+    Keys handed to `Cache` methods are relative: the builder prepends the escaped namespace and
+    version, leaves the relative key as written (so ``"tasks:pending:*"`` patterns reach
+    ``"tasks:pending:10"``), and shortens the result past ``max_length`` characters.
+    """
+
+    __slots__ = ("_max_length", "_namespace", "_prefix", "_version")
+
+    def __init__(
+        self, namespace: str = "cache", version: str | int = "v1", *, max_length: int = 200
+    ) -> None:
+        """Args:
+        namespace: the application's name for its keys; non-empty, no whitespace.
+        version: a schema version; changing it leaves old entries unreachable.
+        max_length: longest key kept as written, at least 64 characters.
+        """
+        if not isinstance(namespace, str) or not namespace or any(c.isspace() for c in namespace):
+            raise ConfigurationError(
+                f"namespace must be a non-empty string without whitespace, got {namespace!r}"
+            )
+        if isinstance(version, bool) or not isinstance(version, str | int) or str(version) == "":
+            raise ConfigurationError(
+                f"version must be a non-empty string or an int, got {version!r}"
+            )
+        self._namespace = namespace
+        self._version = str(version)
+        self._prefix = f"{escape_part(namespace)}:{escape_part(self._version)}:"
+        if max_length < max(64, len(self._prefix) + _DIGEST_LENGTH + 8):
+            raise ConfigurationError(
+                f"max_length must be at least 64 and leave room for the prefix and a digest, got {max_length}"
+            )
+        self._max_length = max_length
+
+    def __repr__(self) -> str:
+        return f"KeyBuilder(namespace={self._namespace!r}, version={self._version!r}, max_length={self._max_length})"
+
+    @property
+    def namespace(self) -> str:
+        """The namespace, as given."""
+        return self._namespace
+
+    @property
+    def version(self) -> str:
+        """The version, as text."""
+        return self._version
+
+    @property
+    def prefix(self) -> str:
+        """``namespace:version:`` with both parts escaped; every key starts with it."""
+        return self._prefix
+
+    def key(self, *parts: str | int) -> str:
+        """Returns ``namespace:version:part:...`` with every part escaped and the whole shortened.
+
+        Raises:
+            TypeError: a part is not a ``str`` or an ``int``.
+        """
+        texts: list[str] = []
+        for part in parts:
+            if isinstance(part, str):
+                texts.append(escape_part(part))
+            elif isinstance(part, int) and not isinstance(part, bool):
+                texts.append(str(part))
+            else:
+                raise TypeError(f"key parts must be str or int, not {type(part).__name__}")
+        return self._shorten(self._prefix + ":".join(texts))
+
+    def relative(self, *parts: str | int) -> str:
+        """Returns the escaped parts joined by ``:`` without the prefix, for `Cache` methods."""
+        return self.key(*parts)[len(self._prefix) :] if parts else ""
+
+    def full(self, key: str) -> str:
+        """Returns the stored key for a relative ``key`` given to a `Cache` method.
+
+        Raises:
+            TypeError: ``key`` is not a ``str``.
+        """
+        if type(key) is not str:
+            if not isinstance(key, str):
+                raise TypeError(f"cache keys must be str, not {type(key).__name__}")
+            key = str(key)
+        full = self._prefix + key
+        return full if len(full) <= self._max_length else self._shorten(full)
+
+    def literal(self, *parts: str | int) -> str:
+        """Returns a relative glob that matches exactly the relative key of ``parts``.
+
+        Use it to put untrusted text into a pattern: ``cache.delete_pattern(
+        cache.keys.literal("tasks", user) + ":*")`` can never reach another user's keys.
+        """
+        return glob_escape(self.relative(*parts))
+
+    def pattern(self, glob: str) -> str:
+        """Returns the Redis glob that matches relative ``glob`` within this namespace and version.
+
+        Raises:
+            TypeError: ``glob`` is not a ``str``.
+        """
+        if not isinstance(glob, str):
+            raise TypeError(f"patterns must be str, not {type(glob).__name__}")
+        return glob_escape(self._prefix) + glob
+
+    def call_key(
+        self,
+        func: Callable[..., object],
+        args: tuple[object, ...],
+        kwargs: Mapping[str, object],
+        *,
+        exclude: Collection[str] = (),
+        prefix: str | None = None,
+    ) -> str:
+        """Returns the stored key of ``func(*args, **kwargs)``.
+
+        The relative key is ``prefix`` (default ``module.qualname:``) followed by
+        ``name=value`` parts for every bound argument not in ``exclude``.
+
+        Raises:
+            TypeError: the arguments do not fit the signature, or one has no stable text.
+        """
+        relative = (function_name(func) + ":" if prefix is None else prefix) + self.encode_call(
+            inspect.signature(func), args, kwargs, exclude=exclude
+        )
+        return self.full(relative)
+
+    @staticmethod
+    def encode_call(
+        signature: inspect.Signature,
+        args: tuple[object, ...],
+        kwargs: Mapping[str, object],
+        *,
+        exclude: Collection[str] = (),
+    ) -> str:
+        """Returns the escaped ``name=value:name=value`` text of a call bound to ``signature``."""
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        parts: list[str] = []
+        for name, value in bound.arguments.items():
+            if name in exclude:
+                continue
+            kind = signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                extra = cast("dict[str, object]", value)
+                parts.extend(
+                    escape_part(f"{key}={encode_argument(extra[key])}")
+                    for key in sorted(extra)
+                    if key not in exclude
+                )
+            else:
+                parts.append(escape_part(f"{name}={encode_argument(value)}"))
+        return ":".join(parts)
+
+    def _shorten(self, key: str) -> str:
+        if len(key) <= self._max_length:
+            return key
+        digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+        keep = self._max_length - _DIGEST_LENGTH - 1
+        head = key[:keep]
+        # A cut right after an escaping backslash would leave it escaping the "#".
+        if (len(head) - len(head.rstrip("\\"))) % 2 == 1:
+            head = head[:-1]
+        return f"{head}#{digest}"

@@ -1,0 +1,62 @@
+"""`SingleFlight`: one in-process computation per key while other callers wait for its result."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, TypeVar, final
+
+__all__ = ("SingleFlight",)
+
+T = TypeVar("T")
+
+
+@final
+class SingleFlight(Generic[T]):
+    """Runs at most one computation per key at a time; concurrent callers share its outcome.
+
+    The computation runs in its own task, so cancelling one caller (a client hung up) does not
+    cancel the work others wait for; each caller waits through `asyncio.shield`. The outcome,
+    value or exception, reaches every caller; nothing is remembered once the task ends.
+    """
+
+    __slots__ = ("_flights", "_on_start")
+
+    def __init__(self, on_start: Callable[[asyncio.Task[Any]], None] | None = None) -> None:
+        """Args:
+        on_start: called with each new task, so an owner can track it and cancel it on close.
+        """
+        self._flights: dict[str, asyncio.Task[T]] = {}
+        self._on_start = on_start
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+    def is_running(self, key: str) -> bool:
+        """Returns whether a computation for ``key`` is under way."""
+        return key in self._flights
+
+    async def run(self, key: str, compute: Callable[[], Coroutine[Any, Any, T]]) -> tuple[T, bool]:
+        """Returns the result of ``compute()`` for ``key`` and whether this call started it.
+
+        A caller arriving while a computation for ``key`` runs in the same event loop waits for
+        that one instead of starting another.
+        """
+        task = self._flights.get(key)
+        leader = False
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
+            task = asyncio.get_running_loop().create_task(compute())
+            self._flights[key] = task
+            task.add_done_callback(functools.partial(self._forget, key))
+            if self._on_start is not None:
+                self._on_start(task)
+            leader = True
+        return await asyncio.shield(task), leader
+
+    def _forget(self, key: str, task: asyncio.Task[T]) -> None:
+        if self._flights.get(key) is task:
+            del self._flights[key]
+        if not task.cancelled():
+            # Mark the exception retrieved: when every waiter was cancelled nobody else will.
+            task.exception()
