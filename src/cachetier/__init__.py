@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from ._cache import Cache
+from ._cached import CachedFunction
 from ._errors import BackendError, CacheError, ConfigurationError, LockTimeout, SerializationError
 from ._health import HealthReport
 from ._keys import KeyBuilder
+from ._policy import PolicyOptions
 from ._settings import CacheSettings
 from ._stats import CacheStats
 from ._ttl import TTL, TTLLike
@@ -20,11 +22,13 @@ __all__ = (
     "CacheError",
     "CacheSettings",
     "CacheStats",
+    "CachedFunction",
     "ConfigurationError",
     "HealthReport",
     "KeyBuilder",
     "LockTimeout",
     "Outcome",
+    "PolicyOptions",
     "SerializationError",
     "TTLLike",
     "__version__",

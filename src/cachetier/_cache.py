@@ -4,27 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import random
 import re
+import secrets
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, final
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast, final, overload
 
-from typing_extensions import Self
+from typing_extensions import Self, Unpack
 
-from ._entry import HEADER_SIZE, MAGIC, encode_entry
-from ._errors import BackendError, ConfigurationError, SerializationError
+from ._cached import CachedFunction
+from ._entry import HEADER, HEADER_SIZE, MAGIC, encode_entry
+from ._errors import BackendError, ConfigurationError, LockTimeout, SerializationError
 from ._health import HealthReport, HealthStatus
 from ._keys import KeyBuilder
 from ._log import LOGGER, RateLimitedLog
+from ._policy import FreshnessPolicy, PolicyOptions, StampedePolicy, build_policies
 from ._singleflight import SingleFlight
 from ._stats import CacheStats, StatsRecorder
 from ._ttl import TTL, TTLLike, to_seconds
 from ._types import MISSING, Clock, Outcome
-from .backends._protocol import Backend, ServerInfoBackend
+from .backends._protocol import Backend, LockingBackend, ServerInfoBackend
 from .serializers import JsonSerializer, Serializer
 
 if TYPE_CHECKING:
@@ -33,6 +38,8 @@ if TYPE_CHECKING:
 __all__ = ("Cache",)
 
 T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
 D = TypeVar("D")
 
 _HEADER_FRESH: Final = struct.Struct("<d")
@@ -40,6 +47,9 @@ _FRESH_OFFSET: Final = 12
 _COUNTER: Final = re.compile(rb"-?[0-9]{1,20}")
 _DEFAULT_MAX_VALUE_BYTES: Final = 1024 * 1024
 _SCAN_BATCH: Final = 500
+_LOCK_PREFIX: Final = "cachetier:lock:"
+_READY_PREFIX: Final = "cachetier:ready:"
+_DEFAULT_POLICIES: Final = build_policies()
 
 
 @final
@@ -314,8 +324,8 @@ class Cache:
             BackendError: the backend failed and the cache is strict.
         """
         full = self._keys.full(key)
-        seconds = self._ttl_seconds(ttl)
-        data = self._encode(full, value, seconds)
+        seconds = self._jittered(self._ttl_seconds(ttl))
+        data = self._encode(full, value, seconds, self._serializer)
         if data is None:
             return False
         return await self._write(full, data, seconds)
@@ -329,8 +339,8 @@ class Cache:
             BackendError: the backend failed and the cache is strict.
         """
         full = self._keys.full(key)
-        seconds = self._ttl_seconds(ttl)
-        data = self._encode(full, value, seconds)
+        seconds = self._jittered(self._ttl_seconds(ttl))
+        data = self._encode(full, value, seconds, self._serializer)
         if data is None:
             return False
         try:
@@ -353,17 +363,18 @@ class Cache:
             SerializationError: a value cannot be serialized; nothing is stored.
             BackendError: the backend failed and the cache is strict.
         """
-        seconds = self._ttl_seconds(ttl)
+        # One jitter for the batch: the backend writes it with a single TTL in one round trip.
+        seconds = self._jittered(self._ttl_seconds(ttl))
         items: dict[str, bytes] = {}
         for key, value in mapping.items():
             full = self._keys.full(key)
-            data = self._encode(full, value, seconds)
+            data = self._encode(full, value, seconds, self._serializer)
             if data is not None:
                 items[full] = data
         if not items:
             return not mapping
         try:
-            await self._backend.set_many(items, self._jittered(seconds))
+            await self._backend.set_many(items, seconds)
         except BackendError as exc:
             self._backend_failed("set_many", exc)
             return False
@@ -415,35 +426,107 @@ class Cache:
         key: str,
         fetch_fn: Callable[[], T | Awaitable[T]],
         ttl: TTLLike | None = None,
+        **policy: Unpack[PolicyOptions],
     ) -> T:
         """Returns the value at ``key``; on a miss, calls ``fetch_fn``, stores and returns its result.
 
         ``fetch_fn`` takes no arguments and returns a value or an awaitable. Concurrent misses of
         one key in this process share one call of ``fetch_fn`` (single flight); its exceptions
         reach every waiting caller and nothing is stored. A value that cannot be serialized is
-        returned uncached and logged.
+        returned uncached and logged. ``policy`` takes the stampede and freshness options of
+        `PolicyOptions`: ``lock``, ``stale_ttl``, ``stale_if_error``, ``early_refresh`` ...
 
         Raises:
             TypeError: ``key`` is not a ``str``.
+            ConfigurationError: a policy option is out of range.
             BackendError: the backend failed and the cache is strict.
         """
         full = self._keys.full(key)
-        seconds = self._ttl_seconds(ttl)
-        outcome, value = await self._read(full, self._serializer.loads)
-        if outcome is Outcome.HIT:
-            return cast("T", value)  # deserialization boundary: the entry was written from a T
+        stampede, freshness = build_policies(**policy) if policy else _DEFAULT_POLICIES
+        value = await self._through(
+            full,
+            fetch_fn,
+            self._ttl_seconds(ttl),
+            self._serializer,
+            stampede,
+            freshness,
+            None,
+            None,
+        )
+        return cast("T", value)  # deserialization boundary: the entry was written from a T
 
-        async def compute() -> T:
-            started = time.perf_counter()
-            result = fetch_fn()
-            if inspect.isawaitable(result):
-                result = await result
-            delta = time.perf_counter() - started
-            await self._store_quietly(full, result, seconds, delta)
-            return cast("T", result)  # awaited above when it was awaitable
+    @overload
+    def cached(self, ttl: Callable[P, Awaitable[R]], /) -> CachedFunction[P, R]: ...
 
-        result, _ = await self._flights.run(full, compute)
-        return cast("T", result)
+    @overload
+    def cached(
+        self,
+        ttl: TTLLike | None = None,
+        *,
+        key: str | None = None,
+        key_prefix: str | None = None,
+        exclude: Collection[str] = (),
+        condition: Callable[[Any], bool] | None = None,
+        cache_none: bool = False,
+        typed: bool = True,
+        **policy: Unpack[PolicyOptions],
+    ) -> Callable[[Callable[P, Awaitable[R]]], CachedFunction[P, R]]: ...
+
+    def cached(
+        self,
+        ttl: TTLLike | Callable[P, Awaitable[R]] | None = None,
+        *,
+        key: str | None = None,
+        key_prefix: str | None = None,
+        exclude: Collection[str] = (),
+        condition: Callable[[Any], bool] | None = None,
+        cache_none: bool = False,
+        typed: bool = True,
+        **policy: Unpack[PolicyOptions],
+    ) -> CachedFunction[P, R] | Callable[[Callable[P, Awaitable[R]]], CachedFunction[P, R]]:
+        """Decorates an ``async def`` function (or method) so that its results are cached.
+
+        ``@cache.cached`` alone uses the cache's default TTL.
+
+        Args:
+            ttl: seconds or ``timedelta``; the cache's ``default_ttl`` when omitted.
+            key: a template over the argument names, e.g. ``"tasks:pending:{limit}"``; values
+                are escaped as key parts. Without it the key is ``key_prefix`` + the function's
+                ``module.qualname`` + ``name=value`` parts of the bound arguments.
+            key_prefix: text put before the default key, e.g. ``"tasks:"``, so that
+                ``delete_pattern("tasks:*")`` reaches it.
+            exclude: argument names left out of the key (a DB session, a request).
+            condition: cache only results for which it returns ``True``.
+            cache_none: cache ``None`` results too (by default they are returned, not stored).
+            typed: rebuild hits as the return annotation's type (pydantic ``TypeAdapter``).
+            policy: the stampede and freshness options of `PolicyOptions`.
+
+        Raises:
+            TypeError: the function is not ``async def``, or ``key``/``exclude`` name parameters
+                it does not have.
+            ConfigurationError: an option is out of range.
+        """
+        if callable(ttl) and not isinstance(ttl, int | float | timedelta):
+            return self.cached()(ttl)
+        seconds = to_seconds(ttl)
+        stampede, freshness = build_policies(**policy) if policy else _DEFAULT_POLICIES
+
+        def decorate(func: Callable[P, Awaitable[R]]) -> CachedFunction[P, R]:
+            return CachedFunction(
+                self,
+                func,
+                ttl=seconds,
+                key=key,
+                key_prefix=key_prefix,
+                exclude=exclude,
+                condition=condition,
+                cache_none=cache_none,
+                typed=typed,
+                stampede=stampede,
+                freshness=freshness,
+            )
+
+        return decorate
 
     # -- invalidation -----------------------------------------------------------------------
 
@@ -531,11 +614,16 @@ class Cache:
             return seconds
         return seconds * (1.0 - random.random() * self._jitter)  # noqa: S311  # spreading expiry, not security
 
+    def _count(self, outcome: Outcome, function_stats: StatsRecorder | None) -> None:
+        self._stats.record(outcome)
+        if function_stats is not None:
+            function_stats.record(outcome)
+
     def _encode(
-        self, full: str, value: object, seconds: float | None, delta: float = 0.0
+        self, full: str, value: object, seconds: float | None, codec: Serializer, delta: float = 0.0
     ) -> bytes | None:
-        """Returns the stored form of ``value``, or ``None`` when it is too large to cache."""
-        payload = self._serializer.dumps(value)
+        """Returns the stored form of ``value`` fresh for ``seconds``, or ``None`` when too large."""
+        payload = codec.dumps(value)
         if self._max_value_bytes is not None and len(payload) > self._max_value_bytes:
             self._failures.warning(
                 "too_large",
@@ -546,13 +634,12 @@ class Cache:
             )
             return None
         now = self._clock()
-        return encode_entry(
-            payload, created=now, fresh_until=0.0 if seconds is None else now + seconds, delta=delta
-        )
+        fresh_until = 0.0 if seconds is None else now + seconds
+        return encode_entry(payload, created=now, fresh_until=fresh_until, delta=delta)
 
     async def _write(self, full: str, data: bytes, seconds: float | None) -> bool:
         try:
-            await self._backend.set(full, data, self._jittered(seconds))
+            await self._backend.set(full, data, seconds)
         except BackendError as exc:
             self._backend_failed("set", exc)
             return False
@@ -560,16 +647,294 @@ class Cache:
         return True
 
     async def _store_quietly(
-        self, full: str, value: object, seconds: float | None, delta: float
+        self,
+        full: str,
+        value: object,
+        seconds: float | None,
+        codec: Serializer,
+        delta: float,
+        keep_after_ttl: float,
+        function_stats: StatsRecorder | None,
     ) -> None:
         """Stores a computed value; a value that cannot be stored is logged, never raised."""
+        seconds = self._jittered(seconds)
         try:
-            data = self._encode(full, value, seconds, delta)
+            data = self._encode(full, value, seconds, codec, delta)
         except SerializationError as exc:
             self._failures.warning("serialize", "not caching %s: %s", full, exc)
             return
+        if data is None:
+            return
+        physical = None if seconds is None else seconds + keep_after_ttl
+        if await self._write(full, data, physical) and function_stats is not None:
+            function_stats.sets += 1
+
+    async def _through(
+        self,
+        full: str,
+        produce: Callable[[], Any],
+        seconds: float | None,
+        codec: Serializer,
+        stampede: StampedePolicy,
+        freshness: FreshnessPolicy,
+        function_stats: StatsRecorder | None,
+        should_store: Callable[[Any], bool] | None,
+    ) -> Any:
+        """Reads ``full``; on a miss computes it once (per process, or per cluster with a lock).
+
+        The one place where freshness, stampede and fail-open rules meet: `get_or_set` and every
+        decorated function call come here. The fresh hit is the hot path.
+        """
+        try:
+            data = await self._backend.get(full)
+        except BackendError as exc:
+            self._backend_failed("get", exc)
+            self._count(Outcome.BACKEND_ERROR, function_stats)
+            data = None
+        else:
+            if data is None:
+                self._count(Outcome.MISS, function_stats)
+        stale: bytes | None = None
         if data is not None:
-            await self._write(full, data, seconds)
+            if data[:1] == _MAGIC_BYTE and len(data) >= HEADER_SIZE:
+                _, _, _, _, _, fresh_until, delta = HEADER.unpack_from(data)
+                now = self._clock()
+                if not fresh_until or now < fresh_until:
+                    try:
+                        value = codec.loads(data[HEADER_SIZE:])
+                    except SerializationError as exc:
+                        await self._drop_undecodable(full, exc)
+                        self._count(Outcome.DECODE_ERROR, function_stats)
+                    else:
+                        self._count(Outcome.HIT, function_stats)
+                        beta = freshness.early_refresh_beta
+                        if beta and fresh_until and _xfetch_due(now, fresh_until, delta, beta):
+                            self._refresh_soon(
+                                full,
+                                produce,
+                                seconds,
+                                codec,
+                                stampede,
+                                freshness,
+                                function_stats,
+                                should_store,
+                            )
+                        return value
+                elif freshness.stale_ttl and now < fresh_until + freshness.stale_ttl:
+                    try:
+                        value = codec.loads(data[HEADER_SIZE:])
+                    except SerializationError as exc:
+                        await self._drop_undecodable(full, exc)
+                        self._count(Outcome.DECODE_ERROR, function_stats)
+                    else:
+                        self._count(Outcome.STALE, function_stats)
+                        self._refresh_soon(
+                            full,
+                            produce,
+                            seconds,
+                            codec,
+                            stampede,
+                            freshness,
+                            function_stats,
+                            should_store,
+                        )
+                        return value
+                else:
+                    if freshness.stale_if_error and now < fresh_until + freshness.stale_if_error:
+                        stale = data[HEADER_SIZE:]
+                    self._count(Outcome.MISS, function_stats)
+            else:
+                await self._drop_undecodable(full, "not an entry written by a cached function")
+                self._count(Outcome.DECODE_ERROR, function_stats)
+
+        async def compute() -> Any:
+            return await self._compute(
+                full, produce, seconds, codec, stampede, freshness, function_stats, should_store
+            )
+
+        if stale is None:
+            value, _ = await self._flights.run(full, compute)
+            return value
+        try:
+            value, _ = await self._flights.run(full, compute)
+        except Exception as exc:  # noqa: BLE001  # stale-if-error absorbs exactly the fetch's own errors
+            try:
+                value = codec.loads(stale)
+            except SerializationError:
+                raise exc from None
+            self._count(Outcome.STALE, function_stats)
+            self._failures.warning(
+                "stale_if_error", "serving the stale value of %s: computing it raised %r", full, exc
+            )
+        return value
+
+    def _refresh_soon(
+        self,
+        full: str,
+        produce: Callable[[], Any],
+        seconds: float | None,
+        codec: Serializer,
+        stampede: StampedePolicy,
+        freshness: FreshnessPolicy,
+        function_stats: StatsRecorder | None,
+        should_store: Callable[[Any], bool] | None,
+    ) -> None:
+        """Starts one background recomputation of ``full`` unless one is already under way."""
+        if self._flights.is_running(full):
+            return
+        self._stats.refreshes += 1
+        if function_stats is not None:
+            function_stats.refreshes += 1
+
+        async def compute() -> Any:
+            return await self._compute(
+                full, produce, seconds, codec, stampede, freshness, function_stats, should_store
+            )
+
+        task, _ = self._flights.start(full, compute)
+        task.add_done_callback(self._log_failed_refresh)
+
+    def _log_failed_refresh(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._failures.warning(
+                "refresh", "background refresh failed, the old value stays: %r", exc
+            )
+
+    async def _compute(
+        self,
+        full: str,
+        produce: Callable[[], Any],
+        seconds: float | None,
+        codec: Serializer,
+        stampede: StampedePolicy,
+        freshness: FreshnessPolicy,
+        function_stats: StatsRecorder | None,
+        should_store: Callable[[Any], bool] | None,
+    ) -> Any:
+        """Computes and stores ``full``, under a cross-process lock when the policy asks for one."""
+        backend = self._backend
+        if stampede.lock and isinstance(backend, LockingBackend):
+            return await self._compute_locked(
+                backend,
+                full,
+                produce,
+                seconds,
+                codec,
+                stampede,
+                freshness,
+                function_stats,
+                should_store,
+            )
+        return await self._fetch_and_store(
+            full, produce, seconds, codec, freshness, function_stats, should_store
+        )
+
+    async def _fetch_and_store(
+        self,
+        full: str,
+        produce: Callable[[], Any],
+        seconds: float | None,
+        codec: Serializer,
+        freshness: FreshnessPolicy,
+        function_stats: StatsRecorder | None,
+        should_store: Callable[[Any], bool] | None,
+    ) -> Any:
+        started = time.perf_counter()
+        result = produce()
+        if inspect.isawaitable(result):
+            result = await result
+        delta = time.perf_counter() - started
+        if should_store is None or should_store(result):
+            await self._store_quietly(
+                full, result, seconds, codec, delta, freshness.keep_after_ttl, function_stats
+            )
+        return result
+
+    async def _compute_locked(
+        self,
+        backend: LockingBackend,
+        full: str,
+        produce: Callable[[], Any],
+        seconds: float | None,
+        codec: Serializer,
+        stampede: StampedePolicy,
+        freshness: FreshnessPolicy,
+        function_stats: StatsRecorder | None,
+        should_store: Callable[[Any], bool] | None,
+    ) -> Any:
+        """One process computes; the others wait for its value, woken by a message when it lands."""
+        lock_name = _LOCK_PREFIX + full
+        channel = _READY_PREFIX + full
+        token = secrets.token_hex(16)
+
+        async def holding() -> Any:
+            try:
+                # The value may have landed between our miss and taking the lock.
+                found = await self._peek(full, codec)
+                if found is not MISSING:
+                    return found
+                return await self._fetch_and_store(
+                    full, produce, seconds, codec, freshness, function_stats, should_store
+                )
+            finally:
+                # Release before waking the waiters, so that after a failed fetch one of them can
+                # take the lock at once instead of waiting for it to expire.
+                try:
+                    await backend.release_lock(lock_name, token)
+                    await backend.publish(channel)
+                except BackendError as exc:
+                    self._backend_failed("release_lock", exc)
+
+        try:
+            if await backend.acquire_lock(lock_name, token, stampede.lock_ttl):
+                return await holding()
+            self._stats.lock_waits += 1
+            if function_stats is not None:
+                function_stats.lock_waits += 1
+            deadline = time.monotonic() + stampede.lock_timeout
+            # A holder that died never publishes: re-check at least this often, and take the
+            # lock once it has expired.
+            recheck = max(stampede.lock_ttl / 4, 0.01)
+            async with backend.subscribe(channel) as notifications:
+                # Subscribed first, then looked: a value that landed before we subscribed is seen.
+                found = await self._peek(full, codec)
+                if found is not MISSING:
+                    return found
+                while (remaining := deadline - time.monotonic()) > 0:
+                    await notifications.wait(min(remaining, recheck))
+                    found = await self._peek(full, codec)
+                    if found is not MISSING:
+                        return found
+                    if await backend.acquire_lock(lock_name, token, stampede.lock_ttl):
+                        break
+                else:
+                    if stampede.on_timeout == "raise":
+                        raise LockTimeout(
+                            f"no value for {full} within lock_timeout={stampede.lock_timeout} s "
+                            "while another process held its lock"
+                        )
+                    return await self._fetch_and_store(
+                        full, produce, seconds, codec, freshness, function_stats, should_store
+                    )
+        except BackendError as exc:
+            self._backend_failed("lock", exc)
+            return await self._fetch_and_store(
+                full, produce, seconds, codec, freshness, function_stats, should_store
+            )
+        return await holding()
+
+    async def _peek(self, full: str, codec: Serializer) -> Any:
+        """Returns the fresh value at ``full``, or `MISSING`; counts nothing."""
+        data = await self._backend.get(full)
+        if data is None or data[:1] != _MAGIC_BYTE or len(data) < HEADER_SIZE:
+            return MISSING
+        fresh_until = _HEADER_FRESH.unpack_from(data, _FRESH_OFFSET)[0]
+        if fresh_until and self._clock() >= fresh_until:
+            return MISSING
+        try:
+            return codec.loads(data[HEADER_SIZE:])
+        except SerializationError:
+            return MISSING
 
     async def _read(self, full: str, loads: Callable[[bytes], object]) -> tuple[Outcome, object]:
         """Reads and decodes one entry; records the outcome. The hot path of every hit."""
@@ -636,6 +1001,16 @@ class Cache:
 
 
 _MAGIC_BYTE: Final = bytes((MAGIC,))
+
+
+def _xfetch_due(now: float, fresh_until: float, delta: float, beta: float) -> bool:
+    """XFetch: refresh early with a probability that grows near expiry and with compute time.
+
+    ``now - delta * beta * ln(U)`` for uniform ``U`` in (0, 1] reaches ``fresh_until`` early
+    more often the longer the value took to compute (``delta``); see Vattani et al., VLDB 2015.
+    """
+    u = 1.0 - random.random()  # noqa: S311  # a refresh schedule, not security
+    return now - delta * beta * math.log(u) >= fresh_until
 
 
 def _int_or_none(value: object) -> int | None:

@@ -23,12 +23,12 @@ from typing import Final
 
 from ._errors import SerializationError
 
-__all__ = ("HEADER_SIZE", "MAGIC", "Entry", "decode_entry", "encode_entry")
+__all__ = ("HEADER", "HEADER_SIZE", "MAGIC", "Entry", "decode_entry", "encode_entry")
 
 MAGIC: Final = 0xC1
 _FORMAT: Final = 1
-_HEADER: Final = struct.Struct("<BBBBddf")
-HEADER_SIZE: Final = _HEADER.size
+HEADER: Final = struct.Struct("<BBBBddf")
+HEADER_SIZE: Final = HEADER.size
 _PREFIX: Final = bytes((MAGIC, _FORMAT))
 
 
@@ -50,7 +50,7 @@ def encode_entry(
     payload: bytes, *, created: float, fresh_until: float, delta: float = 0.0
 ) -> bytes:
     """Returns the stored form of ``payload``; ``fresh_until=0.0`` means it never goes stale."""
-    return _HEADER.pack(MAGIC, _FORMAT, 0, 0, created, fresh_until, delta) + payload
+    return HEADER.pack(MAGIC, _FORMAT, 0, 0, created, fresh_until, delta) + payload
 
 
 def decode_entry(data: bytes) -> Entry:
@@ -63,5 +63,5 @@ def decode_entry(data: bytes) -> Entry:
         raise SerializationError(
             "stored bytes are not a cachetier entry (foreign or corrupt value)"
         )
-    _, _, _, _, created, fresh_until, delta = _HEADER.unpack_from(data)
+    _, _, _, _, created, fresh_until, delta = HEADER.unpack_from(data)
     return Entry(data[HEADER_SIZE:], created, fresh_until, delta)

@@ -37,21 +37,31 @@ class SingleFlight(Generic[T]):
         """Returns whether a computation for ``key`` is under way."""
         return key in self._flights
 
+    def start(
+        self, key: str, compute: Callable[[], Coroutine[Any, Any, T]]
+    ) -> tuple[asyncio.Task[T], bool]:
+        """Returns the task computing ``key``, starting it unless one runs in this event loop.
+
+        The second item says whether this call started it.
+        """
+        task = self._flights.get(key)
+        loop = asyncio.get_running_loop()
+        if task is not None and task.get_loop() is loop:
+            return task, False
+        task = loop.create_task(compute())
+        self._flights[key] = task
+        task.add_done_callback(functools.partial(self._forget, key))
+        if self._on_start is not None:
+            self._on_start(task)
+        return task, True
+
     async def run(self, key: str, compute: Callable[[], Coroutine[Any, Any, T]]) -> tuple[T, bool]:
         """Returns the result of ``compute()`` for ``key`` and whether this call started it.
 
         A caller arriving while a computation for ``key`` runs in the same event loop waits for
         that one instead of starting another.
         """
-        task = self._flights.get(key)
-        leader = False
-        if task is None or task.get_loop() is not asyncio.get_running_loop():
-            task = asyncio.get_running_loop().create_task(compute())
-            self._flights[key] = task
-            task.add_done_callback(functools.partial(self._forget, key))
-            if self._on_start is not None:
-                self._on_start(task)
-            leader = True
+        task, leader = self.start(key, compute)
         return await asyncio.shield(task), leader
 
     def _forget(self, key: str, task: asyncio.Task[T]) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
-__all__ = ("Backend", "ServerInfoBackend")
+__all__ = ("Backend", "LockingBackend", "Notifications", "ServerInfoBackend")
 
 
 class Backend(Protocol):
@@ -91,4 +92,38 @@ class ServerInfoBackend(Protocol):
     async def server_info(self) -> dict[str, float | int | str]:
         """Returns server facts: ``uptime_seconds``, ``used_memory_mb``, ``connected_clients``,
         ``ops_per_sec`` where known."""
+        ...
+
+
+class Notifications(Protocol):
+    """A subscription to one channel, open for the life of a `LockingBackend.subscribe` block."""
+
+    async def wait(self, timeout: float) -> bool:
+        """Waits up to ``timeout`` seconds for a message; returns whether one came."""
+        ...
+
+
+@runtime_checkable
+class LockingBackend(Protocol):
+    """A backend shared between processes that offers locks and wake-up messages.
+
+    `Cache` uses it for ``lock=True``: one process computes a missing value while the others
+    wait for it. A backend without it (memory, null) is process-local, where single flight
+    already merges concurrent misses.
+    """
+
+    async def acquire_lock(self, name: str, token: str, ttl: float) -> bool:
+        """Takes the lock ``name`` for ``ttl`` seconds if nobody holds it; returns whether it did."""
+        ...
+
+    async def release_lock(self, name: str, token: str) -> bool:
+        """Releases ``name`` only if ``token`` still holds it (an expired lock may be someone else's)."""
+        ...
+
+    async def publish(self, channel: str) -> None:
+        """Wakes every process waiting on ``channel``."""
+        ...
+
+    def subscribe(self, channel: str) -> AbstractAsyncContextManager[Notifications]:
+        """Subscribes to ``channel``; messages published after entry are delivered to ``wait``."""
         ...

@@ -1,0 +1,345 @@
+"""`CachedFunction[P, R]`, the object `Cache.cached` returns, and how it keys each call."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import string
+import typing
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Final,
+    Generic,
+    ParamSpec,
+    TypeVar,
+    cast,
+    final,
+    overload,
+)
+
+from typing_extensions import Self
+
+from ._keys import _ADDRESS, encode_argument, escape_part, function_name
+from ._log import LOGGER
+from ._policy import FreshnessPolicy, StampedePolicy
+from ._stats import CacheStats, StatsRecorder
+from .serializers import PickleSerializer, Serializer
+from .serializers._typed import TypedSerializer
+
+if TYPE_CHECKING:
+    from ._cache import Cache
+
+__all__ = ("CachedFunction",)
+
+P = ParamSpec("P")
+P2 = ParamSpec("P2")
+R = TypeVar("R")
+S = TypeVar("S")
+
+_REQUIRED: Final = inspect.Parameter.empty
+_SELF_NAMES: Final = frozenset({"self", "cls"})
+_UNBOUND: Final = object()
+
+
+class _EscapingFormatter(string.Formatter):
+    """Formats ``key=`` templates, escaping each substituted value as a key part."""
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        text = format(value, format_spec)
+        if _ADDRESS.search(text):
+            raise TypeError(
+                f"cannot build a cache key from a {type(value).__qualname__} value: its text "
+                f"{text!r} holds a memory address, so every call would get a new key"
+            )
+        return escape_part(text)
+
+
+_FORMATTER: Final = _EscapingFormatter()
+
+
+@final
+class _KeyPlan:
+    """What can be worked out once per function about turning a call into its relative key."""
+
+    __slots__ = (
+        "_constant",
+        "_defaults",
+        "_exclude",
+        "_fast",
+        "_index",
+        "_key_slots",
+        "_positional",
+        "_prefix",
+        "_signature",
+        "_template",
+    )
+
+    def __init__(
+        self,
+        func: Callable[..., object],
+        *,
+        key: str | None,
+        key_prefix: str | None,
+        exclude: Collection[str],
+    ) -> None:
+        signature = inspect.signature(func)
+        params = list(signature.parameters.values())
+        unknown = set(exclude) - set(signature.parameters)
+        if unknown:
+            raise TypeError(
+                f"exclude names no parameter of {function_name(func)}: {sorted(unknown)}"
+            )
+        exclude = set(exclude)
+        if (
+            params
+            and params[0].name in _SELF_NAMES
+            and params[0].kind <= inspect.Parameter.POSITIONAL_OR_KEYWORD
+        ):
+            exclude.add(params[0].name)
+        self._signature = signature
+        self._exclude = frozenset(exclude)
+        self._template = key
+        if key is not None:
+            names = {
+                field.split(".")[0].split("[")[0]
+                for _, field, _, _ in string.Formatter().parse(key)
+                if field
+            }
+            missing = names - set(signature.parameters)
+            if missing:
+                raise TypeError(
+                    f"key template {key!r} names no parameter of {function_name(func)}: {sorted(missing)}"
+                )
+        self._prefix = (key_prefix or "") + function_name(func)
+        # The fast path binds by index; functions with *args or **kwargs take signature.bind.
+        self._fast = all(
+            p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            for p in params
+        )
+        self._positional = sum(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params)
+        self._index = {p.name: i for i, p in enumerate(params)}
+        self._defaults = [p.default for p in params]
+        self._key_slots = tuple(
+            (i, escape_part(p.name) + "=")
+            for i, p in enumerate(params)
+            if p.name not in self._exclude
+        )
+        self._constant = self._prefix if key is None and not self._key_slots else None
+
+    def relative(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+        """Returns the relative key of a call (what `Cache.delete` takes)."""
+        if self._constant is not None and not args and not kwargs:
+            return self._constant
+        values = self._bind(args, kwargs)
+        if self._template is not None:
+            arguments = dict(zip(self._signature.parameters, values, strict=True))
+            return _FORMATTER.vformat(self._template, (), arguments)
+        if not self._key_slots:
+            return self._prefix
+        return (
+            self._prefix
+            + ":"
+            + ":".join(
+                name + escape_part(encode_argument(values[i])) for i, name in self._key_slots
+            )
+        )
+
+    def _bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[Any]:
+        if self._fast and len(args) <= self._positional:
+            values = list(self._defaults)
+            values[: len(args)] = args
+            ok = True
+            for name, value in kwargs.items():
+                i = self._index.get(name)
+                if i is None or i < len(args):
+                    ok = False
+                    break
+                values[i] = value
+            if ok and _REQUIRED not in values:
+                return values
+        # Slow path: also the one that raises the interpreter's own TypeError for a bad call.
+        bound = self._signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = []
+        for name, param in self._signature.parameters.items():
+            value = bound.arguments[name]
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                value = {k: v for k, v in value.items() if k not in self._exclude}
+            values.append(value)
+        return values
+
+
+@final
+class CachedFunction(Generic[P, R]):
+    """An ``async def`` function whose results are cached; calling it awaits to ``R``.
+
+    Made by `Cache.cached`. The call signature and return type are the function's own.
+    ``invalidate``, ``refresh`` and ``key_for`` take the same arguments as the function.
+    Accessed through an instance, it binds like a method, and ``self``/``cls`` never enter
+    the key.
+    """
+
+    def __init__(
+        self,
+        cache: Cache,
+        func: Callable[P, Awaitable[R]],
+        *,
+        ttl: float | None,
+        key: str | None,
+        key_prefix: str | None,
+        exclude: Collection[str],
+        condition: Callable[[R], bool] | None,
+        cache_none: bool,
+        typed: bool,
+        stampede: StampedePolicy,
+        freshness: FreshnessPolicy,
+    ) -> None:
+        if not inspect.iscoroutinefunction(func):
+            raise TypeError(
+                f"cached decorates async def functions; {function_name(func)} is not one "
+                "(wrap synchronous work in an async def, or use get_or_set)"
+            )
+        functools.update_wrapper(self, func)
+        self.__wrapped__ = func
+        self._cache = cache
+        self._func = func
+        self._ttl = ttl
+        self._plan = _KeyPlan(func, key=key, key_prefix=key_prefix, exclude=exclude)
+        self._typed = typed
+        self._codec: Serializer | None = None
+        self._codec_for: Serializer | None = None
+        self._stampede = stampede
+        self._freshness = freshness
+        self._stats = StatsRecorder()
+        self._should_store = _store_rule(condition, cache_none)
+        # Set on the copies that __get__ makes: the instance a method was read through.
+        self._bound: object = _UNBOUND
+
+    def __repr__(self) -> str:
+        return f"<CachedFunction {function_name(self._func)}>"
+
+    @property
+    def stats(self) -> CacheStats:
+        """A snapshot of this function's own counters."""
+        return self._stats.snapshot()
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any]) -> Self: ...
+
+    @overload
+    def __get__(
+        self: CachedFunction[Concatenate[S, P2], R], instance: S, owner: type[Any] | None = None
+    ) -> CachedFunction[P2, R]: ...
+
+    def __get__(self, instance: object, owner: type[Any] | None = None) -> Any:
+        if instance is None or self._bound is not _UNBOUND:
+            return self
+        bound = object.__new__(CachedFunction)
+        bound.__dict__.update(self.__dict__)
+        bound._bound = instance
+        return bound
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Returns the cached result of the call, computing and storing it on a miss."""
+        cache = self._cache
+        if self._bound is not _UNBOUND:
+            args = (self._bound, *args)  # type: ignore[assignment]  # P of the bound method excludes self
+        full = cache.keys.full(self._plan.relative(args, kwargs))
+        codec = self._codec
+        if codec is None or self._codec_for is not cache.serializer:
+            codec = self._make_codec()
+        value = await cache._through(  # the façade and its decorator are one unit
+            full,
+            functools.partial(self._func, *args, **kwargs),
+            self._ttl if self._ttl is not None else cache.default_ttl,
+            codec,
+            self._stampede,
+            self._freshness,
+            self._stats,
+            self._should_store,
+        )
+        return cast("R", value)  # deserialization boundary: the codec validated it as R
+
+    def key_for(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """Returns the key (relative, as `Cache.delete` takes it) that this call is cached under."""
+        return self._relative(args, kwargs)
+
+    async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:
+        """Removes the cached result of this call; returns whether there was one."""
+        return bool(await self._cache.delete(self._relative(args, kwargs)))
+
+    def _relative(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+        if self._bound is not _UNBOUND:
+            args = (self._bound, *args)
+        return self._plan.relative(args, kwargs)
+
+    async def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Computes the call now, stores the result whatever is cached, and returns it."""
+        cache = self._cache
+        full = cache.keys.full(self._relative(args, kwargs))
+        codec = self._codec
+        if codec is None or self._codec_for is not cache.serializer:
+            codec = self._make_codec()
+        value = await cache._compute(
+            full,
+            functools.partial(self._func, *args, **kwargs),
+            self._ttl if self._ttl is not None else cache.default_ttl,
+            codec,
+            self._stampede,
+            self._freshness,
+            self._stats,
+            self._should_store,
+        )
+        self._stats.refreshes += 1
+        return cast("R", value)
+
+    def _make_codec(self) -> Serializer:
+        """Builds the serializer that rebuilds ``R`` from the return annotation, once per serializer."""
+        serializer = self._cache.serializer
+        codec: Serializer = serializer
+        if self._typed and not isinstance(serializer, PickleSerializer):
+            annotation = _return_annotation(self._func)
+            if annotation is not None:
+                typed: TypedSerializer[Any] = TypedSerializer(annotation, inner=serializer)
+                try:
+                    _ = typed.adapter
+                except Exception as exc:  # noqa: BLE001  # pydantic raises several types for unsupported annotations
+                    LOGGER.warning(
+                        "caching %s untyped: its return annotation %r is not one pydantic can validate (%s)",
+                        function_name(self._func),
+                        annotation,
+                        exc,
+                    )
+                else:
+                    codec = typed
+        self._codec, self._codec_for = codec, serializer
+        return codec
+
+
+def _return_annotation(func: Callable[..., object]) -> Any:
+    """Returns the declared return type, or ``None`` when there is none worth validating."""
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:  # noqa: BLE001  # unresolvable forward references: cache untyped, not crash
+        return None
+    annotation = hints.get("return", inspect.Signature.empty)
+    if annotation is inspect.Signature.empty or annotation is Any:
+        return None
+    return annotation
+
+
+def _store_rule(
+    condition: Callable[[Any], bool] | None, cache_none: bool
+) -> Callable[[Any], bool] | None:
+    if condition is None:
+        return None if cache_none else _is_not_none
+    if cache_none:
+        return condition
+    return lambda value: value is not None and condition(value)
+
+
+def _is_not_none(value: object) -> bool:
+    return value is not None
