@@ -421,6 +421,24 @@ class Cache:
             self._backend_failed("incr", exc, always_raise=True)
             raise  # pragma: no cover - _backend_failed raised already
 
+    @overload
+    async def get_or_set(
+        self,
+        key: str,
+        fetch_fn: Callable[[], Awaitable[T]],
+        ttl: TTLLike | None = None,
+        **policy: Unpack[PolicyOptions],
+    ) -> T: ...
+
+    @overload
+    async def get_or_set(
+        self,
+        key: str,
+        fetch_fn: Callable[[], T],
+        ttl: TTLLike | None = None,
+        **policy: Unpack[PolicyOptions],
+    ) -> T: ...
+
     async def get_or_set(
         self,
         key: str,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+
 import pydantic
 from typing_extensions import assert_type
 
@@ -43,6 +44,15 @@ async def test_decorated_functions_keep_parameter_and_return_types() -> None:
     assert_type(await Repository().count("tasks"), int)
     assert_type(Repository().count.key_for("tasks"), str)
     assert isinstance(user, User)
+
+
+async def test_get_or_set_returns_what_fetch_fn_produces() -> None:
+    async def load() -> list[int]:
+        return [1]
+
+    assert_type(await cache.get_or_set("a", load), list[int])
+    assert_type(await cache.get_or_set("b", lambda: {"k": 1.5}), dict[str, float])
+    assert_type(await cache.get_or_set("c", lambda: load()), list[int])
 
 
 async def check_misuse_is_reported() -> None:
