@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 
 import pytest
+
+from .servers import REDIS_SERVER, RedisServer, running_redis
 
 REDIS_URL = os.environ.get("CACHETIER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 REQUIRE_REDIS = os.environ.get("CACHETIER_REQUIRE_REDIS") == "1"
@@ -39,6 +42,18 @@ def redis_url() -> str:
             pytest.fail(message + " [CACHETIER_REQUIRE_REDIS=1 makes this a failure]")
         pytest.skip(message)
     return REDIS_URL
+
+
+@pytest.fixture(scope="module")
+def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of this module's own, for tests that count its commands or stop it."""
+    if REDIS_SERVER is None:
+        message = "redis-server is not installed (apt-get install redis-server)"
+        if REQUIRE_REDIS:
+            pytest.fail(message + " [CACHETIER_REQUIRE_REDIS=1 makes this a failure]")
+        pytest.skip(message)
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture

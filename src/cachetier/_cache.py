@@ -71,6 +71,7 @@ class Cache:
         "_jitter",
         "_keys",
         "_max_value_bytes",
+        "_reads",
         "_serializer",
         "_stats",
         "_strict",
@@ -128,6 +129,7 @@ class Cache:
         self._failures = RateLimitedLog()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._flights: SingleFlight[Any] = SingleFlight(on_start=self._track)
+        self._reads: dict[str, asyncio.Future[bytes | None]] = {}
 
     @classmethod
     def from_settings(cls, settings: CacheSettings | None = None) -> Self:
@@ -687,6 +689,35 @@ class Cache:
         if await self._write(full, data, physical) and function_stats is not None:
             function_stats.sets += 1
 
+    async def _shared_get(self, full: str) -> bytes | None:
+        """GETs ``full``; concurrent reads of one key in this event loop share one round trip.
+
+        A burst of requests for a hot key would otherwise open one connection each; merged,
+        the burst costs one GET and the followers wait for its answer.
+        """
+        loop = asyncio.get_running_loop()
+        shared = self._reads.get(full)
+        if shared is not None and shared.get_loop() is loop:
+            try:
+                # Shielded: a follower's cancellation must not cancel the answer others await.
+                return await asyncio.shield(shared)
+            except _ReadAbandoned:
+                pass  # the leader was cancelled before its answer came; read for ourselves
+        future: asyncio.Future[bytes | None] = loop.create_future()
+        self._reads[full] = future
+        try:
+            data = await self._backend.get(full)
+        except BaseException as exc:
+            future.set_exception(exc if isinstance(exc, BackendError) else _ReadAbandoned())
+            future.exception()  # retrieved: a leader without followers must not log it
+            raise
+        else:
+            future.set_result(data)
+        finally:
+            if self._reads.get(full) is future:
+                del self._reads[full]
+        return data
+
     async def _through(
         self,
         full: str,
@@ -704,7 +735,7 @@ class Cache:
         decorated function call come here. The fresh hit is the hot path.
         """
         try:
-            data = await self._backend.get(full)
+            data = await self._shared_get(full)
         except BackendError as exc:
             self._backend_failed("get", exc)
             self._count(Outcome.BACKEND_ERROR, function_stats)
@@ -957,7 +988,7 @@ class Cache:
     async def _read(self, full: str, loads: Callable[[bytes], object]) -> tuple[Outcome, object]:
         """Reads and decodes one entry; records the outcome. The hot path of every hit."""
         try:
-            data = await self._backend.get(full)
+            data = await self._shared_get(full)
         except BackendError as exc:
             self._backend_failed("get", exc)
             self._stats.record(Outcome.BACKEND_ERROR)
@@ -1019,6 +1050,10 @@ class Cache:
 
 
 _MAGIC_BYTE: Final = bytes((MAGIC,))
+
+
+class _ReadAbandoned(Exception):
+    """Tells the followers of a shared read that its leader was cancelled."""
 
 
 def _xfetch_due(now: float, fresh_until: float, delta: float, beta: float) -> bool:

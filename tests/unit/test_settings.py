@@ -50,7 +50,7 @@ def test_defaults_without_environment() -> None:
     assert (settings.namespace, settings.version) == ("cache", "v1")
     assert settings.default_ttl == 3600
     assert (settings.connect_timeout, settings.command_timeout) == (0.25, 0.1)
-    assert (settings.max_connections, settings.retries) == (64, 0)
+    assert (settings.max_connections, settings.retries) == (256, 0)
     assert (settings.breaker_failures, settings.breaker_cooldown) == (5, 5.0)
     assert settings.memory_max_entries == 10_000
     assert settings.memory_max_bytes == 64 * 1024 * 1024
