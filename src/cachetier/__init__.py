@@ -9,7 +9,7 @@ from ._health import HealthReport
 from ._keys import KeyBuilder
 from ._policy import PolicyOptions
 from ._settings import CacheSettings
-from ._stats import CacheStats
+from ._stats import CacheStats, ReadEvent, ReadHook
 from ._ttl import TTL, TTLLike
 from ._types import MISSING, Outcome
 from ._version import __version__
@@ -29,6 +29,8 @@ __all__ = (
     "LockTimeout",
     "Outcome",
     "PolicyOptions",
+    "ReadEvent",
+    "ReadHook",
     "SerializationError",
     "TTLLike",
     "__version__",

@@ -26,7 +26,7 @@ from ._keys import KeyBuilder
 from ._log import LOGGER, RateLimitedLog
 from ._policy import FreshnessPolicy, PolicyOptions, StampedePolicy, build_policies
 from ._singleflight import SingleFlight
-from ._stats import CacheStats, StatsRecorder
+from ._stats import CacheStats, ReadEvent, ReadHook, StatsRecorder
 from ._ttl import TTL, TTLLike, to_seconds
 from ._types import MISSING, Clock, Outcome
 from .backends._protocol import Backend, LockingBackend, ServerInfoBackend
@@ -68,6 +68,7 @@ class Cache:
         "_default_ttl",
         "_failures",
         "_flights",
+        "_hooks",
         "_jitter",
         "_keys",
         "_max_value_bytes",
@@ -90,6 +91,7 @@ class Cache:
         max_value_bytes: int | None = _DEFAULT_MAX_VALUE_BYTES,
         key_max_length: int = 200,
         ttl_jitter: float = 0.0,
+        hooks: Iterable[ReadHook] = (),
         clock: Clock = time.time,
     ) -> None:
         """Args:
@@ -105,6 +107,7 @@ class Cache:
         key_max_length: keys longer than this are shortened with a stable hash.
         ttl_jitter: a fraction in ``[0, 1)``; each TTL is shortened by a random part of it up to
             this fraction, so entries written together do not expire together.
+        hooks: callables told of every read and its `Outcome` (see `add_hook`).
         clock: wall-clock seconds, shared by every process that reads the entries.
         """
         if backend is None:
@@ -130,6 +133,7 @@ class Cache:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._flights: SingleFlight[Any] = SingleFlight(on_start=self._track)
         self._reads: dict[str, asyncio.Future[bytes | None]] = {}
+        self._hooks: tuple[ReadHook, ...] = tuple(hooks)
 
     @classmethod
     def from_settings(cls, settings: CacheSettings | None = None) -> Self:
@@ -230,6 +234,26 @@ class Cache:
             await asyncio.gather(*tasks, return_exceptions=True)
         await self._backend.aclose()
 
+    def add_hook(self, hook: ReadHook) -> ReadHook:
+        """Registers ``hook`` to be told of every read as a `ReadEvent`; returns it (a decorator).
+
+        Hooks run inline on every read, so they must be quick (count, not I/O). An exception
+        from a hook is logged at a bounded rate and never reaches the caller.
+        """
+        self._hooks = (*self._hooks, hook)
+        return hook
+
+    def remove_hook(self, hook: ReadHook) -> None:
+        """Unregisters ``hook``; does nothing if it was not registered."""
+        self._hooks = tuple(h for h in self._hooks if h != hook)  # == so that bound methods match
+
+    def _notify(self, event: ReadEvent) -> None:
+        for hook in self._hooks:
+            try:
+                hook(event)
+            except Exception as exc:  # noqa: BLE001, PERF203  # a broken hook must not break reads; try is free in 3.11+
+                self._failures.warning("hook", "read hook %r raised %r", hook, exc)
+
     @contextmanager
     def use(self, backend: Backend) -> Iterator[Backend]:
         """Routes every operation of this cache, decorated functions included, to ``backend``.
@@ -274,19 +298,19 @@ class Cache:
             found = await self._backend.get_many(full)
         except BackendError as exc:
             self._backend_failed("get_many", exc)
-            for _ in relative:
-                self._stats.record(Outcome.BACKEND_ERROR)
+            for full_key in full:
+                self._count(Outcome.BACKEND_ERROR, full_key, None)
             return {}
         result: dict[str, object] = {}
         now = self._clock()
         for key, full_key, data in zip(relative, full, found, strict=True):
             if data is None:
-                self._stats.misses += 1
+                self._count(Outcome.MISS, full_key, None)
                 continue
             outcome, value = self._decode(data, self._serializer.loads, now)
             if outcome is Outcome.DECODE_ERROR:
                 await self._drop_undecodable(full_key, value)
-            self._stats.record(Outcome.MISS if outcome is Outcome.STALE else outcome)
+            self._count(Outcome.MISS if outcome is Outcome.STALE else outcome, full_key, None)
             if outcome is Outcome.HIT:
                 result[key] = value
         return result
@@ -634,8 +658,11 @@ class Cache:
             return seconds
         return seconds * (1.0 - random.random() * self._jitter)  # noqa: S311  # spreading expiry, not security
 
-    def _count(self, outcome: Outcome, function_stats: StatsRecorder | None) -> None:
+    def _count(self, outcome: Outcome, full: str, function_stats: StatsRecorder | None) -> None:
+        """Counts a read in the cache's stats (and the function's), and tells the read hooks."""
         self._stats.record(outcome)
+        if self._hooks:
+            self._notify(ReadEvent(full, outcome, function_stats.name if function_stats else None))
         if function_stats is not None:
             function_stats.record(outcome)
 
@@ -738,11 +765,11 @@ class Cache:
             data = await self._shared_get(full)
         except BackendError as exc:
             self._backend_failed("get", exc)
-            self._count(Outcome.BACKEND_ERROR, function_stats)
+            self._count(Outcome.BACKEND_ERROR, full, function_stats)
             data = None
         else:
             if data is None:
-                self._count(Outcome.MISS, function_stats)
+                self._count(Outcome.MISS, full, function_stats)
         stale: bytes | None = None
         if data is not None:
             if data[:1] == _MAGIC_BYTE and len(data) >= HEADER_SIZE:
@@ -753,9 +780,9 @@ class Cache:
                         value = codec.loads(data[HEADER_SIZE:])
                     except SerializationError as exc:
                         await self._drop_undecodable(full, exc)
-                        self._count(Outcome.DECODE_ERROR, function_stats)
+                        self._count(Outcome.DECODE_ERROR, full, function_stats)
                     else:
-                        self._count(Outcome.HIT, function_stats)
+                        self._count(Outcome.HIT, full, function_stats)
                         beta = freshness.early_refresh_beta
                         if beta and fresh_until and _xfetch_due(now, fresh_until, delta, beta):
                             self._refresh_soon(
@@ -774,9 +801,9 @@ class Cache:
                         value = codec.loads(data[HEADER_SIZE:])
                     except SerializationError as exc:
                         await self._drop_undecodable(full, exc)
-                        self._count(Outcome.DECODE_ERROR, function_stats)
+                        self._count(Outcome.DECODE_ERROR, full, function_stats)
                     else:
-                        self._count(Outcome.STALE, function_stats)
+                        self._count(Outcome.STALE, full, function_stats)
                         self._refresh_soon(
                             full,
                             produce,
@@ -791,10 +818,10 @@ class Cache:
                 else:
                     if freshness.stale_if_error and now < fresh_until + freshness.stale_if_error:
                         stale = data[HEADER_SIZE:]
-                    self._count(Outcome.MISS, function_stats)
+                    self._count(Outcome.MISS, full, function_stats)
             else:
                 await self._drop_undecodable(full, "not an entry written by a cached function")
-                self._count(Outcome.DECODE_ERROR, function_stats)
+                self._count(Outcome.DECODE_ERROR, full, function_stats)
 
         async def compute() -> Any:
             return await self._compute(
@@ -811,7 +838,7 @@ class Cache:
                 value = codec.loads(stale)
             except SerializationError:
                 raise exc from None
-            self._count(Outcome.STALE, function_stats)
+            self._count(Outcome.STALE, full, function_stats)
             self._failures.warning(
                 "stale_if_error", "serving the stale value of %s: computing it raised %r", full, exc
             )
@@ -991,20 +1018,20 @@ class Cache:
             data = await self._shared_get(full)
         except BackendError as exc:
             self._backend_failed("get", exc)
-            self._stats.record(Outcome.BACKEND_ERROR)
+            self._count(Outcome.BACKEND_ERROR, full, None)
             return Outcome.BACKEND_ERROR, MISSING
         if data is None:
-            self._stats.misses += 1
+            self._count(Outcome.MISS, full, None)
             return Outcome.MISS, MISSING
         outcome, value = self._decode(data, loads, self._clock())
         if outcome is Outcome.HIT:
-            self._stats.hits += 1
+            self._count(outcome, full, None)
             return outcome, value
         if outcome is Outcome.DECODE_ERROR:
             await self._drop_undecodable(full, value)
             value = MISSING
         # A stale entry is served only by policies that ask for it; a plain read misses.
-        self._stats.record(Outcome.MISS if outcome is Outcome.STALE else outcome)
+        self._count(Outcome.MISS if outcome is Outcome.STALE else outcome, full, None)
         return outcome, value
 
     @staticmethod

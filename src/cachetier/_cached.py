@@ -213,7 +213,7 @@ class CachedFunction(Generic[P, R]):
         self._codec_for: Serializer | None = None
         self._stampede = stampede
         self._freshness = freshness
-        self._stats = StatsRecorder()
+        self._stats = StatsRecorder(function_name(func))
         self._should_store = _store_rule(condition, cache_none)
         # Set on the copies that __get__ makes: the instance a method was read through.
         self._bound: object = _UNBOUND

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import final
+from typing import TypeAlias, final
 
 from ._types import Outcome
 
-__all__ = ("CacheStats", "StatsRecorder")
+__all__ = ("CacheStats", "ReadEvent", "ReadHook", "StatsRecorder")
+
+
+@dataclass(frozen=True, slots=True)
+class ReadEvent:
+    """One read and how it ended, as passed to read hooks.
+
+    ``key`` is the stored key (namespace and version included); ``function`` is the
+    ``module.qualname`` of the decorated function that read it, or ``None`` for `Cache` methods.
+    """
+
+    key: str
+    outcome: Outcome
+    function: str | None = None
+
+
+ReadHook: TypeAlias = Callable[[ReadEvent], None]
+"""A callable told of every read; it must be quick, and what it raises is logged, not raised."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +81,14 @@ class StatsRecorder:
         "hits",
         "lock_waits",
         "misses",
+        "name",
         "refreshes",
         "sets",
         "stale_served",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name
         self.reset()
 
     def reset(self) -> None:

@@ -478,3 +478,51 @@ async def test_ttl_jitter_shortens_ttls_within_the_fraction(
 
 def test_default_cache_is_process_local_memory() -> None:
     assert Cache().backend.kind == "memory"
+
+
+async def test_every_read_reports_its_outcome_to_hooks(
+    cache: Cache, spy: SpyBackend, memory: MemoryBackend
+) -> None:
+    from cachetier import Outcome, ReadEvent
+
+    events: list[ReadEvent] = []
+    cache.add_hook(events.append)
+
+    @cache.cached()
+    async def double(x: int) -> int:
+        return 2 * x
+
+    await double(1)
+    await double(1)
+    await cache.get("absent")
+    await memory.set(cache.keys.full("junk"), b"junk")
+    await cache.get("junk")
+    spy.down = True
+    await cache.get("k")
+    spy.down = False
+    outcomes = [(e.outcome, e.function) for e in events]
+    name = "tests.unit.test_cache.test_every_read_reports_its_outcome_to_hooks.<locals>.double"
+    assert outcomes == [
+        (Outcome.MISS, name),
+        (Outcome.HIT, name),
+        (Outcome.MISS, None),
+        (Outcome.DECODE_ERROR, None),
+        (Outcome.BACKEND_ERROR, None),
+    ]
+    assert events[2].key == cache.keys.full("absent")
+    cache.remove_hook(events.append)
+    await cache.get("absent")
+    assert len(events) == 5
+
+
+async def test_a_failing_hook_never_reaches_the_caller(
+    cache: Cache, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(event: object) -> None:
+        raise RuntimeError("metrics exporter down")
+
+    cache.add_hook(broken)
+    await cache.set("k", 1)
+    with caplog.at_level(logging.WARNING, logger="cachetier"):
+        assert await cache.get("k") == 1
+    assert "metrics exporter down" in caplog.text
