@@ -22,6 +22,8 @@ from typing import (
 
 from typing_extensions import Self
 
+from ._engine import FetchSpec
+from ._errors import SerializationError
 from ._keys import _ADDRESS, encode_argument, escape_part, function_name
 from ._log import LOGGER
 from ._policy import FreshnessPolicy, StampedePolicy
@@ -205,16 +207,19 @@ class CachedFunction(Generic[P, R]):
         functools.update_wrapper(self, func)
         self.__wrapped__ = func
         self._cache = cache
+        # The engine and key builder of a cache never change (`use` swaps the engine's backend),
+        # so the hot path reaches them without going through the façade.
+        self._engine = cache._engine
+        self._keys = cache.keys
         self._func = func
         self._ttl = ttl
         self._plan = _KeyPlan(func, key=key, key_prefix=key_prefix, exclude=exclude)
         self._typed = typed
-        self._codec: Serializer | None = None
-        self._codec_for: Serializer | None = None
         self._stampede = stampede
         self._freshness = freshness
         self._stats = StatsRecorder(function_name(func))
         self._should_store = _store_rule(condition, cache_none)
+        self._spec: FetchSpec | None = None
         # Set on the copies that __get__ makes: the instance a method was read through.
         self._bound: object = _UNBOUND
 
@@ -244,22 +249,12 @@ class CachedFunction(Generic[P, R]):
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Returns the cached result of the call, computing and storing it on a miss."""
-        cache = self._cache
         if self._bound is not _UNBOUND:
             args = (self._bound, *args)  # type: ignore[assignment]  # P of the bound method excludes self
-        full = cache.keys.full(self._plan.relative(args, kwargs))
-        codec = self._codec
-        if codec is None or self._codec_for is not cache.serializer:
-            codec = self._make_codec()
-        value = await cache._through(  # the façade and its decorator are one unit
-            full,
+        value = await self._engine.through(
+            self._keys.full(self._plan.relative(args, kwargs)),
             functools.partial(self._func, *args, **kwargs),
-            self._ttl if self._ttl is not None else cache.default_ttl,
-            codec,
-            self._stampede,
-            self._freshness,
-            self._stats,
-            self._should_store,
+            self._spec or self._make_spec(),
         )
         return cast("R", value)  # deserialization boundary: the codec validated it as R
 
@@ -271,52 +266,109 @@ class CachedFunction(Generic[P, R]):
         """Removes the cached result of this call; returns whether there was one."""
         return bool(await self._cache.delete(self._relative(args, kwargs)))
 
+    async def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Computes the call now, stores the result whatever is cached, and returns it."""
+        if self._bound is not _UNBOUND:
+            args = (self._bound, *args)  # type: ignore[assignment]  # as in __call__
+        value = await self._engine.compute(
+            self._keys.full(self._plan.relative(args, kwargs)),
+            functools.partial(self._func, *args, **kwargs),
+            self._spec or self._make_spec(),
+        )
+        self._stats.refreshes += 1
+        return cast("R", value)
+
     def _relative(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
         if self._bound is not _UNBOUND:
             args = (self._bound, *args)
         return self._plan.relative(args, kwargs)
 
-    async def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Computes the call now, stores the result whatever is cached, and returns it."""
-        cache = self._cache
-        full = cache.keys.full(self._relative(args, kwargs))
-        codec = self._codec
-        if codec is None or self._codec_for is not cache.serializer:
-            codec = self._make_codec()
-        value = await cache._compute(
-            full,
-            functools.partial(self._func, *args, **kwargs),
-            self._ttl if self._ttl is not None else cache.default_ttl,
-            codec,
-            self._stampede,
-            self._freshness,
-            self._stats,
-            self._should_store,
+    def _make_spec(self) -> FetchSpec:
+        """Builds, on first call, how this function's calls read through the cache."""
+        spec = self._spec = FetchSpec(
+            ttl=self._ttl if self._ttl is not None else self._cache.default_ttl,
+            codec=self._make_codec(),
+            stampede=self._stampede,
+            freshness=self._freshness,
+            stats=self._stats,
+            should_store=self._should_store,
         )
-        self._stats.refreshes += 1
-        return cast("R", value)
+        return spec
 
     def _make_codec(self) -> Serializer:
-        """Builds the serializer that rebuilds ``R`` from the return annotation, once per serializer."""
-        serializer = self._cache.serializer
-        codec: Serializer = serializer
-        if self._typed and not isinstance(serializer, PickleSerializer):
-            annotation = _return_annotation(self._func)
-            if annotation is not None:
-                typed: TypedSerializer[Any] = TypedSerializer(annotation, inner=serializer)
-                try:
-                    _ = typed.adapter
-                except Exception as exc:  # noqa: BLE001  # pydantic raises several types for unsupported annotations
-                    LOGGER.warning(
-                        "caching %s untyped: its return annotation %r is not one pydantic can validate (%s)",
-                        function_name(self._func),
-                        annotation,
-                        exc,
-                    )
-                else:
-                    codec = typed
-        self._codec, self._codec_for = codec, serializer
-        return codec
+        """Returns the serializer that rebuilds ``R`` from the return annotation."""
+        serializer = self._engine.serializer
+        if not self._typed or isinstance(serializer, PickleSerializer):
+            return serializer
+        annotation = _return_annotation(self._func)
+        if annotation is None:
+            return serializer
+        plain = _plain_json_type(annotation)
+        if plain is not None:
+            # What JSON decodes to already is this type: check it, skip pydantic's validation.
+            return _CheckedSerializer(serializer, plain)
+        typed: TypedSerializer[Any] = TypedSerializer(annotation, inner=serializer)
+        try:
+            _ = typed.adapter
+        except Exception as exc:  # noqa: BLE001  # pydantic raises several types for unsupported annotations
+            LOGGER.warning(
+                "caching %s untyped: its return annotation %r is not one pydantic can validate (%s)",
+                function_name(self._func),
+                annotation,
+                exc,
+            )
+            return serializer
+        return typed
+
+
+_ANY_VALUE: Final = (Any, object)
+
+
+def _plain_json_type(annotation: Any) -> type | tuple[type, ...] | None:
+    """Returns the Python type(s) JSON gives for ``annotation`` when no validation can add more.
+
+    ``dict[str, Any]`` decodes to a ``dict`` whose values need no checking, and so on; a
+    parametrized type with anything narrower than ``Any`` (``list[int]``) returns ``None``.
+    """
+    origin = typing.get_origin(annotation) or annotation
+    arguments = typing.get_args(annotation)
+    if arguments and not all(
+        arg in _ANY_VALUE or (origin is dict and arg is str) for arg in arguments
+    ):
+        return None
+    if origin is dict:
+        return dict
+    if origin is list:
+        return list
+    if origin is float:
+        return (float, int)
+    if origin in (str, int, bool):
+        return cast("type", origin)
+    return None
+
+
+@final
+class _CheckedSerializer:
+    """Decodes with ``inner`` and refuses a value whose top-level type is not the declared one."""
+
+    __slots__ = ("_expected", "_inner")
+
+    def __init__(self, inner: Serializer, expected: type | tuple[type, ...]) -> None:
+        self._inner = inner
+        self._expected = expected
+
+    def dumps(self, value: object) -> bytes:
+        return self._inner.dumps(value)
+
+    def loads(self, data: bytes) -> object:
+        value = self._inner.loads(data)
+        if not isinstance(value, self._expected) or (
+            isinstance(value, bool) and self._expected is int
+        ):
+            raise SerializationError(
+                f"stored value is a {type(value).__name__}, not the declared {self._expected}"
+            )
+        return value
 
 
 def _return_annotation(func: Callable[..., object]) -> Any:

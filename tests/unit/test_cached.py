@@ -570,3 +570,18 @@ async def test_get_returns_missing_for_entries_past_ttl_even_in_the_stale_window
     await cache.get_or_set("k", lambda: 1, ttl=10, stale_ttl=100)
     clock.advance(11)
     assert await cache.get("k", MISSING) is MISSING
+
+
+async def test_plain_json_annotation_still_refuses_a_value_of_another_shape(cache: Cache) -> None:
+    runs = Counter()
+
+    @cache.cached(key="doc")
+    async def document() -> dict[str, Any]:
+        runs.calls += 1
+        return {"a": 1}
+
+    await cache.set("doc", [1, 2, 3])  # an older version of the function returned a list
+    assert await document() == {"a": 1}
+    assert document.stats.decode_errors == 1
+    assert await document() == {"a": 1}
+    assert runs.calls == 1

@@ -1,0 +1,474 @@
+"""`Engine`: the machinery behind `Cache` — reads, stores, fetch-through, refreshes and locks.
+
+`Cache` is the façade users hold: it checks arguments, builds keys and documents behaviour.
+The engine holds the state those operations share (the backend, stats, hooks, in-flight
+reads and computations, background tasks) and implements the rules once: how an entry is
+encoded, when it is fresh or stale, how concurrent misses merge, and how a failure fails open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import random
+import re
+import secrets
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, final
+
+from ._entry import HEADER, HEADER_SIZE, MAGIC, encode_entry
+from ._errors import BackendError, LockTimeout, SerializationError
+from ._log import RateLimitedLog
+from ._policy import FreshnessPolicy, StampedePolicy
+from ._singleflight import SingleFlight
+from ._stats import ReadEvent, ReadHook, StatsRecorder
+from ._types import MISSING, Clock, Outcome
+from .backends._protocol import Backend, LockingBackend
+from .serializers import Serializer
+
+__all__ = ("LOCK_PREFIX", "READY_PREFIX", "Engine", "FetchSpec")
+
+LOCK_PREFIX: Final = "cachetier:lock:"
+READY_PREFIX: Final = "cachetier:ready:"
+_FRESH: Final = struct.Struct("<d")
+_FRESH_OFFSET: Final = 12
+_COUNTER: Final = re.compile(rb"-?[0-9]{1,20}")
+
+
+@dataclass(frozen=True, slots=True)
+class FetchSpec:
+    """How one kind of read-through call behaves; a decorated function keeps one for all calls.
+
+    ``ttl`` is the fresh lifetime in seconds (``None``: no expiry); ``codec`` turns values into
+    payloads and back; ``stats`` are the decorated function's own counters; ``should_store``
+    decides whether a computed value is cached (``None``: always).
+    """
+
+    ttl: float | None
+    codec: Serializer
+    stampede: StampedePolicy
+    freshness: FreshnessPolicy
+    stats: StatsRecorder | None = None
+    should_store: Callable[[Any], bool] | None = None
+
+
+class _ReadAbandoned(Exception):
+    """Tells the followers of a shared read that its leader was cancelled."""
+
+
+@final
+class Engine:
+    """State and rules shared by every operation of one `Cache`; private to the package."""
+
+    __slots__ = (
+        "backend",
+        "clock",
+        "failures",
+        "flights",
+        "hooks",
+        "jitter",
+        "max_value_bytes",
+        "reads",
+        "serializer",
+        "stats",
+        "strict",
+        "tasks",
+    )
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        serializer: Serializer,
+        strict: bool,
+        max_value_bytes: int | None,
+        jitter: float,
+        hooks: tuple[ReadHook, ...],
+        clock: Clock,
+    ) -> None:
+        self.backend = backend
+        self.serializer = serializer
+        self.strict = strict
+        self.max_value_bytes = max_value_bytes
+        self.jitter = jitter
+        self.hooks = hooks
+        self.clock = clock
+        self.stats = StatsRecorder()
+        self.failures = RateLimitedLog()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.flights: SingleFlight[Any] = SingleFlight(on_start=self.track)
+        self.reads: dict[str, asyncio.Future[bytes | None]] = {}
+
+    # -- bookkeeping --------------------------------------------------------------------------
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Keeps ``task`` until it ends, so `cancel_background` can stop it."""
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def cancel_background(self) -> None:
+        """Cancels and awaits every background computation."""
+        tasks = [task for task in self.tasks if not task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def count(
+        self, outcome: Outcome, full: str, function_stats: StatsRecorder | None = None
+    ) -> None:
+        """Counts a read in the cache's stats (and the function's), and tells the read hooks."""
+        self.stats.record(outcome)
+        if function_stats is not None:
+            function_stats.record(outcome)
+        if self.hooks:
+            self._notify(ReadEvent(full, outcome, function_stats.name if function_stats else None))
+
+    def _notify(self, event: ReadEvent) -> None:
+        for hook in self.hooks:
+            try:
+                hook(event)
+            except Exception as exc:  # noqa: BLE001, PERF203  # a broken hook must not break reads; try is free in 3.11+
+                self.failures.warning("hook", "read hook %r raised %r", hook, exc)
+
+    def backend_failed(
+        self, operation: str, exc: BackendError, *, always_raise: bool = False
+    ) -> None:
+        """Logs a backend failure at a bounded rate; raises it when strict (or ``always_raise``)."""
+        if self.strict or always_raise:
+            raise exc
+        self.failures.warning(
+            "backend:" + operation,
+            "cache %s failed, continuing without the cache: %s",
+            operation,
+            exc,
+        )
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def jittered(self, seconds: float | None) -> float | None:
+        """Returns ``seconds`` shortened by a random part of up to ``jitter`` of it."""
+        if seconds is None or not self.jitter:
+            return seconds
+        return seconds * (1.0 - random.random() * self.jitter)  # noqa: S311  # spreading expiry, not security
+
+    def encode(
+        self, full: str, value: object, seconds: float | None, codec: Serializer, delta: float = 0.0
+    ) -> bytes | None:
+        """Returns the stored form of ``value`` fresh for ``seconds``, or ``None`` when too large.
+
+        Raises:
+            SerializationError: ``codec`` cannot encode ``value``.
+        """
+        payload = codec.dumps(value)
+        if self.max_value_bytes is not None and len(payload) > self.max_value_bytes:
+            self.failures.warning(
+                "too_large",
+                "not caching %s: its value is %d bytes, over max_value_bytes=%d",
+                full,
+                len(payload),
+                self.max_value_bytes,
+            )
+            return None
+        now = self.clock()
+        fresh_until = 0.0 if seconds is None else now + seconds
+        return encode_entry(payload, created=now, fresh_until=fresh_until, delta=delta)
+
+    async def write(self, full: str, data: bytes, seconds: float | None) -> bool:
+        """Stores encoded ``data`` for ``seconds``; returns ``False`` when the backend failed open."""
+        try:
+            await self.backend.set(full, data, seconds)
+        except BackendError as exc:
+            self.backend_failed("set", exc)
+            return False
+        self.stats.sets += 1
+        return True
+
+    async def store_quietly(self, full: str, value: object, spec: FetchSpec, delta: float) -> None:
+        """Stores a computed value; a value that cannot be stored is logged, never raised."""
+        seconds = self.jittered(spec.ttl)
+        try:
+            data = self.encode(full, value, seconds, spec.codec, delta)
+        except SerializationError as exc:
+            self.failures.warning("serialize", "not caching %s: %s", full, exc)
+            return
+        if data is None:
+            return
+        physical = None if seconds is None else seconds + spec.freshness.keep_after_ttl
+        if await self.write(full, data, physical) and spec.stats is not None:
+            spec.stats.sets += 1
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def shared_get(self, full: str) -> bytes | None:
+        """GETs ``full``; concurrent reads of one key in this event loop share one round trip.
+
+        A burst of requests for a hot key would otherwise open one connection each; merged,
+        the burst costs one GET and the followers wait for its answer.
+        """
+        loop = asyncio.get_running_loop()
+        reads = self.reads
+        shared = reads.get(full)
+        if shared is not None and shared.get_loop() is loop:
+            try:
+                # Shielded: a follower's cancellation must not cancel the answer others await.
+                return await asyncio.shield(shared)
+            except _ReadAbandoned:
+                pass  # the leader was cancelled before its answer came; read for ourselves
+        future: asyncio.Future[bytes | None] = loop.create_future()
+        reads[full] = future
+        try:
+            data = await self.backend.get(full)
+        except BaseException as exc:
+            future.set_exception(exc if isinstance(exc, BackendError) else _ReadAbandoned())
+            future.exception()  # retrieved: a leader without followers must not log it
+            raise
+        else:
+            future.set_result(data)
+        finally:
+            if reads.get(full) is future:
+                del reads[full]
+        return data
+
+    @staticmethod
+    def decode(data: bytes, loads: Callable[[bytes], object], now: float) -> tuple[Outcome, object]:
+        """Returns (HIT or STALE, value), or (DECODE_ERROR, the reason as text)."""
+        if len(data) < HEADER_SIZE or data[0] != MAGIC:
+            if _COUNTER.fullmatch(data):
+                return Outcome.HIT, int(data)
+            return Outcome.DECODE_ERROR, "not a cachetier entry (foreign or corrupt value)"
+        fresh_until = _FRESH.unpack_from(data, _FRESH_OFFSET)[0]
+        try:
+            value = loads(data[HEADER_SIZE:])
+        except SerializationError as exc:
+            return Outcome.DECODE_ERROR, str(exc)
+        if fresh_until and now >= fresh_until:
+            return Outcome.STALE, value
+        return Outcome.HIT, value
+
+    async def read(self, full: str, loads: Callable[[bytes], object]) -> tuple[Outcome, object]:
+        """Reads and decodes one entry for `Cache.get`; counts the outcome."""
+        try:
+            data = await self.shared_get(full)
+        except BackendError as exc:
+            self.backend_failed("get", exc)
+            self.count(Outcome.BACKEND_ERROR, full)
+            return Outcome.BACKEND_ERROR, MISSING
+        if data is None:
+            self.count(Outcome.MISS, full)
+            return Outcome.MISS, MISSING
+        outcome, value = self.decode(data, loads, self.clock())
+        if outcome is Outcome.HIT:
+            self.count(outcome, full)
+            return outcome, value
+        if outcome is Outcome.DECODE_ERROR:
+            await self.drop_undecodable(full, value)
+            value = MISSING
+        # A stale entry is served only by policies that ask for it; a plain read misses.
+        self.count(Outcome.MISS if outcome is Outcome.STALE else outcome, full)
+        return outcome, value
+
+    async def drop_undecodable(self, full: str, reason: object) -> None:
+        """Drops an entry that cannot be served, so the next read recomputes it."""
+        self.failures.warning("decode", "dropping unreadable cache entry %s: %s", full, reason)
+        try:
+            await self.backend.delete(full)
+        except BackendError as exc:
+            self.backend_failed("delete", exc)
+
+    async def peek(self, full: str, codec: Serializer) -> Any:
+        """Returns the fresh value at ``full``, or `MISSING`; counts nothing."""
+        data = await self.backend.get(full)
+        if data is None or len(data) < HEADER_SIZE or data[0] != MAGIC:
+            return MISSING
+        fresh_until = _FRESH.unpack_from(data, _FRESH_OFFSET)[0]
+        if fresh_until and self.clock() >= fresh_until:
+            return MISSING
+        try:
+            return codec.loads(data[HEADER_SIZE:])
+        except SerializationError:
+            return MISSING
+
+    # -- read-through -------------------------------------------------------------------------
+
+    async def through(self, full: str, produce: Callable[[], Any], spec: FetchSpec) -> Any:
+        """Reads ``full``; on a miss computes it once (per process, or per cluster with a lock).
+
+        The one place where freshness, stampede and fail-open rules meet: `Cache.get_or_set`
+        and every decorated call come here. The fresh hit is the hot path.
+        """
+        function_stats = spec.stats
+        try:
+            data = await self.shared_get(full)
+        except BackendError as exc:
+            self.backend_failed("get", exc)
+            self.count(Outcome.BACKEND_ERROR, full, function_stats)
+            data = None
+        else:
+            if data is None:
+                self.count(Outcome.MISS, full, function_stats)
+        stale: bytes | None = None
+        if data is not None:
+            if len(data) >= HEADER_SIZE and data[0] == MAGIC:
+                _, _, _, _, _, fresh_until, delta = HEADER.unpack_from(data)
+                now = self.clock()
+                freshness = spec.freshness
+                if not fresh_until or now < fresh_until:
+                    try:
+                        value = spec.codec.loads(data[HEADER_SIZE:])
+                    except SerializationError as exc:
+                        await self.drop_undecodable(full, exc)
+                        self.count(Outcome.DECODE_ERROR, full, function_stats)
+                    else:
+                        self.count(Outcome.HIT, full, function_stats)
+                        beta = freshness.early_refresh_beta
+                        if beta and fresh_until and _xfetch_due(now, fresh_until, delta, beta):
+                            self.refresh_soon(full, produce, spec)
+                        return value
+                elif freshness.stale_ttl and now < fresh_until + freshness.stale_ttl:
+                    try:
+                        value = spec.codec.loads(data[HEADER_SIZE:])
+                    except SerializationError as exc:
+                        await self.drop_undecodable(full, exc)
+                        self.count(Outcome.DECODE_ERROR, full, function_stats)
+                    else:
+                        self.count(Outcome.STALE, full, function_stats)
+                        self.refresh_soon(full, produce, spec)
+                        return value
+                else:
+                    if freshness.stale_if_error and now < fresh_until + freshness.stale_if_error:
+                        stale = data[HEADER_SIZE:]
+                    self.count(Outcome.MISS, full, function_stats)
+            else:
+                await self.drop_undecodable(full, "not an entry written by a cached function")
+                self.count(Outcome.DECODE_ERROR, full, function_stats)
+
+        async def compute() -> Any:
+            return await self.compute(full, produce, spec)
+
+        if stale is None:
+            value, _ = await self.flights.run(full, compute)
+            return value
+        try:
+            value, _ = await self.flights.run(full, compute)
+        except Exception as exc:  # noqa: BLE001  # stale-if-error absorbs exactly the fetch's own errors
+            try:
+                value = spec.codec.loads(stale)
+            except SerializationError:
+                raise exc from None
+            self.count(Outcome.STALE, full, function_stats)
+            self.failures.warning(
+                "stale_if_error", "serving the stale value of %s: computing it raised %r", full, exc
+            )
+        return value
+
+    def refresh_soon(self, full: str, produce: Callable[[], Any], spec: FetchSpec) -> None:
+        """Starts one background recomputation of ``full`` unless one is already under way."""
+        if self.flights.is_running(full):
+            return
+        self.stats.refreshes += 1
+        if spec.stats is not None:
+            spec.stats.refreshes += 1
+
+        async def compute() -> Any:
+            return await self.compute(full, produce, spec)
+
+        task, _ = self.flights.start(full, compute)
+        task.add_done_callback(self._log_failed_refresh)
+
+    def _log_failed_refresh(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.failures.warning(
+                "refresh", "background refresh failed, the old value stays: %r", exc
+            )
+
+    async def compute(self, full: str, produce: Callable[[], Any], spec: FetchSpec) -> Any:
+        """Computes and stores ``full``, under a cross-process lock when the policy asks for one."""
+        backend = self.backend
+        if spec.stampede.lock and isinstance(backend, LockingBackend):
+            return await self._compute_locked(backend, full, produce, spec)
+        return await self.fetch_and_store(full, produce, spec)
+
+    async def fetch_and_store(self, full: str, produce: Callable[[], Any], spec: FetchSpec) -> Any:
+        """Calls ``produce`` (awaiting what it returns, if awaitable) and stores the result."""
+        started = time.perf_counter()
+        result = produce()
+        if inspect.isawaitable(result):
+            result = await result
+        delta = time.perf_counter() - started
+        if spec.should_store is None or spec.should_store(result):
+            await self.store_quietly(full, result, spec, delta)
+        return result
+
+    async def _compute_locked(
+        self, backend: LockingBackend, full: str, produce: Callable[[], Any], spec: FetchSpec
+    ) -> Any:
+        """One process computes; the others wait for its value, woken by a message when it lands."""
+        lock_name = LOCK_PREFIX + full
+        channel = READY_PREFIX + full
+        token = secrets.token_hex(16)
+        stampede = spec.stampede
+
+        async def holding() -> Any:
+            try:
+                # The value may have landed between our miss and taking the lock.
+                found = await self.peek(full, spec.codec)
+                if found is not MISSING:
+                    return found
+                return await self.fetch_and_store(full, produce, spec)
+            finally:
+                # Release before waking the waiters, so that after a failed fetch one of them can
+                # take the lock at once instead of waiting for it to expire.
+                try:
+                    await backend.release_lock(lock_name, token)
+                    await backend.publish(channel)
+                except BackendError as exc:
+                    self.backend_failed("release_lock", exc)
+
+        try:
+            if await backend.acquire_lock(lock_name, token, stampede.lock_ttl):
+                return await holding()
+            self.stats.lock_waits += 1
+            if spec.stats is not None:
+                spec.stats.lock_waits += 1
+            deadline = time.monotonic() + stampede.lock_timeout
+            # A holder that died never publishes: re-check at least this often, and take the
+            # lock once it has expired.
+            recheck = max(stampede.lock_ttl / 4, 0.01)
+            async with backend.subscribe(channel) as notifications:
+                # Subscribed first, then looked: a value that landed before we subscribed is seen.
+                found = await self.peek(full, spec.codec)
+                if found is not MISSING:
+                    return found
+                while (remaining := deadline - time.monotonic()) > 0:
+                    await notifications.wait(min(remaining, recheck))
+                    found = await self.peek(full, spec.codec)
+                    if found is not MISSING:
+                        return found
+                    if await backend.acquire_lock(lock_name, token, stampede.lock_ttl):
+                        break
+                else:
+                    if stampede.on_timeout == "raise":
+                        raise LockTimeout(
+                            f"no value for {full} within lock_timeout={stampede.lock_timeout} s "
+                            "while another process held its lock"
+                        )
+                    return await self.fetch_and_store(full, produce, spec)
+        except BackendError as exc:
+            self.backend_failed("lock", exc)
+            return await self.fetch_and_store(full, produce, spec)
+        return await holding()
+
+
+def _xfetch_due(now: float, fresh_until: float, delta: float, beta: float) -> bool:
+    """XFetch: refresh early with a probability that grows near expiry and with compute time.
+
+    ``now - delta * beta * ln(U)`` for uniform ``U`` in (0, 1] reaches ``fresh_until`` early
+    more often the longer the value took to compute (``delta``); see Vattani et al., VLDB 2015.
+    """
+    u = 1.0 - random.random()  # noqa: S311  # a refresh schedule, not security
+    return now - delta * beta * math.log(u) >= fresh_until
