@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from ._breaker import CircuitBreaker
 from ._cache import Cache
 from ._cached import CachedFunction
-from ._errors import BackendError, CacheError, ConfigurationError, LockTimeout, SerializationError
+from ._errors import (
+    BackendError,
+    CacheError,
+    CircuitOpenError,
+    ConfigurationError,
+    LockTimeout,
+    SerializationError,
+)
 from ._health import HealthReport
 from ._keys import KeyBuilder
 from ._policy import PolicyOptions
@@ -23,6 +31,8 @@ __all__ = (
     "CacheSettings",
     "CacheStats",
     "CachedFunction",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "ConfigurationError",
     "HealthReport",
     "KeyBuilder",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast, final, o
 
 from typing_extensions import Self, Unpack
 
+from ._breaker import CircuitBreaker
 from ._cached import CachedFunction
 from ._engine import Engine, FetchSpec
 from ._errors import BackendError, ConfigurationError
@@ -71,6 +72,7 @@ class Cache:
         key_max_length: int = 200,
         ttl_jitter: float = 0.0,
         hooks: Iterable[ReadHook] = (),
+        breaker: CircuitBreaker | None = None,
         clock: Clock = time.time,
     ) -> None:
         """Args:
@@ -87,6 +89,8 @@ class Cache:
         ttl_jitter: a fraction in ``[0, 1)``; each TTL is shortened by a random part of it up to
             this fraction, so entries written together do not expire together.
         hooks: callables told of every read and its `Outcome` (see `add_hook`).
+        breaker: the circuit breaker in front of the backend; by default it opens after 5
+            consecutive failures and probes again after 5 s.
         clock: wall-clock seconds, shared by every process that reads the entries.
         """
         if backend is None:
@@ -108,6 +112,7 @@ class Cache:
             max_value_bytes=max_value_bytes,
             jitter=ttl_jitter,
             hooks=tuple(hooks),
+            breaker=breaker if breaker is not None else CircuitBreaker(),
             clock=clock,
         )
 
@@ -133,6 +138,9 @@ class Cache:
             strict=settings.strict,
             max_value_bytes=settings.max_value_bytes,
             key_max_length=settings.key_max_length,
+            breaker=CircuitBreaker(
+                threshold=settings.breaker_failures, cooldown=settings.breaker_cooldown
+            ),
         )
         LOGGER.info(startup_log_line(settings, backend))
         return cache
@@ -265,12 +273,14 @@ class Cache:
             return {}
         full = [self._keys.full(key) for key in relative]
         try:
+            self._engine.gate("MGET")
             found = await self._engine.backend.get_many(full)
         except BackendError as exc:
             self._engine.backend_failed("get_many", exc)
             for full_key in full:
                 self._engine.count(Outcome.BACKEND_ERROR, full_key, None)
             return {}
+        self._engine.succeeded()
         result: dict[str, object] = {}
         now = self._engine.clock()
         for key, full_key, data in zip(relative, full, found, strict=True):
@@ -291,10 +301,13 @@ class Cache:
         """Returns whether ``key`` holds a value; ``False`` when the backend fails open."""
         full = self._keys.full(key)
         try:
-            return await self._engine.backend.exists(full)
+            self._engine.gate("EXISTS")
+            found = await self._engine.backend.exists(full)
         except BackendError as exc:
             self._engine.backend_failed("exists", exc)
             return False
+        self._engine.succeeded()
+        return found
 
     async def ttl(self, key: str) -> float | None:
         """Returns the seconds ``key`` has left, ``math.inf`` if it never expires, ``None`` if absent.
@@ -303,10 +316,13 @@ class Cache:
         """
         full = self._keys.full(key)
         try:
-            return await self._engine.backend.ttl(full)
+            self._engine.gate("PTTL")
+            remaining = await self._engine.backend.ttl(full)
         except BackendError as exc:
             self._engine.backend_failed("ttl", exc)
             return None
+        self._engine.succeeded()
+        return remaining
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -342,10 +358,12 @@ class Cache:
         if data is None:
             return False
         try:
+            self._engine.gate("SET NX")
             stored = await self._engine.backend.add(full, data, seconds)
         except BackendError as exc:
             self._engine.backend_failed("add", exc)
             return False
+        self._engine.succeeded()
         if stored:
             self._engine.stats.sets += 1
         return stored
@@ -372,10 +390,12 @@ class Cache:
         if not items:
             return not mapping
         try:
+            self._engine.gate("SET (many)")
             await self._engine.backend.set_many(items, seconds)
         except BackendError as exc:
             self._engine.backend_failed("set_many", exc)
             return False
+        self._engine.succeeded()
         self._engine.stats.sets += len(items)
         return len(items) == len(mapping)
 
@@ -390,10 +410,12 @@ class Cache:
             return 0
         full = [self._keys.full(key) for key in keys]
         try:
+            self._engine.gate("UNLINK")
             deleted = await self._engine.backend.delete(*full)
         except BackendError as exc:
             self._engine.backend_failed("delete", exc)
             return 0
+        self._engine.succeeded()
         self._engine.stats.deletes += deleted
         return deleted
 
@@ -414,10 +436,13 @@ class Cache:
             raise TypeError(f"amount must be an int, not {type(amount).__name__}")
         full = self._keys.full(key)
         try:
-            return await self._engine.backend.incr(full, amount, self._ttl_seconds(ttl))
+            self._engine.gate("INCRBY")
+            count = await self._engine.backend.incr(full, amount, self._ttl_seconds(ttl))
         except BackendError as exc:
             self._engine.backend_failed("incr", exc, always_raise=True)
-            raise  # pragma: no cover - _backend_failed raised already
+            raise  # pragma: no cover - backend_failed raised already
+        self._engine.succeeded()
+        return count
 
     @overload
     async def get_or_set(
@@ -552,10 +577,13 @@ class Cache:
         full_pattern = self._keys.pattern(pattern)
         deleted = 0
         try:
+            self._engine.gate("SCAN")
             async for batch in self._engine.backend.scan(full_pattern, count=_SCAN_BATCH):
                 deleted += await self._engine.backend.delete(*batch)
         except BackendError as exc:
             self._engine.backend_failed("delete_pattern", exc)
+        else:
+            self._engine.succeeded()
         self._engine.stats.deletes += deleted
         return deleted
 
@@ -573,9 +601,12 @@ class Cache:
 
         ``status`` is ``disabled`` for the null backend, ``unhealthy`` when the backend fails,
         ``degraded`` when PING takes longer than ``degraded_after_ms``, else ``healthy``.
-        Never raises for a backend failure; the report carries a redacted ``error``.
+        The PING goes out even while the circuit breaker is open, and its answer counts for
+        the breaker: a health check can close it. Never raises for a backend failure; the
+        report carries a redacted ``error``.
         """
-        backend = self._engine.backend
+        engine = self._engine
+        backend = engine.backend
         base: dict[str, Any] = {
             "backend": backend.kind,
             "namespace": self._keys.namespace,
@@ -592,9 +623,16 @@ class Cache:
             if isinstance(backend, ServerInfoBackend):
                 info = dict(await backend.server_info())
         except BackendError as exc:
+            engine.breaker.failed()
             return HealthReport(
-                status="unhealthy", available=False, latency_ms=None, error=str(exc), **base
+                status="unhealthy",
+                available=False,
+                latency_ms=None,
+                error=str(exc),
+                breaker=engine.breaker.state,
+                **base,
             )
+        engine.succeeded()
         status: HealthStatus = "degraded" if latency_ms > degraded_after_ms else "healthy"
         return HealthReport(
             status=status,
@@ -605,6 +643,7 @@ class Cache:
             connected_clients=_int_or_none(info.get("connected_clients")),
             ops_per_sec=_int_or_none(info.get("ops_per_sec")),
             server_version=str(info["redis_version"]) if "redis_version" in info else None,
+            breaker=engine.breaker.state,
             **base,
         )
 

@@ -20,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, final
 
+from ._breaker import CircuitBreaker
 from ._entry import HEADER, HEADER_SIZE, MAGIC, encode_entry
-from ._errors import BackendError, LockTimeout, SerializationError
+from ._errors import BackendError, CircuitOpenError, LockTimeout, SerializationError
 from ._log import RateLimitedLog
 from ._policy import FreshnessPolicy, StampedePolicy
 from ._singleflight import SingleFlight
@@ -66,6 +67,7 @@ class Engine:
 
     __slots__ = (
         "backend",
+        "breaker",
         "clock",
         "failures",
         "flights",
@@ -88,9 +90,11 @@ class Engine:
         max_value_bytes: int | None,
         jitter: float,
         hooks: tuple[ReadHook, ...],
+        breaker: CircuitBreaker,
         clock: Clock,
     ) -> None:
         self.backend = backend
+        self.breaker = breaker
         self.serializer = serializer
         self.strict = strict
         self.max_value_bytes = max_value_bytes
@@ -135,10 +139,29 @@ class Engine:
             except Exception as exc:  # noqa: BLE001, PERF203  # a broken hook must not break reads; try is free in 3.11+
                 self.failures.warning("hook", "read hook %r raised %r", hook, exc)
 
+    def gate(self, operation: str) -> None:
+        """Raises `CircuitOpenError` unless the circuit breaker lets a call go to the backend."""
+        breaker = self.breaker
+        if breaker.open_until and not breaker.allow():
+            raise CircuitOpenError(
+                f"{operation} skipped: the circuit breaker is open after {breaker.failures} "
+                f"consecutive failures; it probes again within {breaker.cooldown:g} s"
+            )
+
+    def succeeded(self) -> None:
+        """Tells the breaker a backend call answered."""
+        if self.breaker.failures or self.breaker.open_until:
+            self.breaker.succeeded()
+
     def backend_failed(
         self, operation: str, exc: BackendError, *, always_raise: bool = False
     ) -> None:
-        """Logs a backend failure at a bounded rate; raises it when strict (or ``always_raise``)."""
+        """Counts a failure for the breaker and logs it at a bounded rate; raises it when strict.
+
+        A call the breaker skipped (`CircuitOpenError`) is not a new failure.
+        """
+        if not isinstance(exc, CircuitOpenError):
+            self.breaker.failed()
         if self.strict or always_raise:
             raise exc
         self.failures.warning(
@@ -181,10 +204,15 @@ class Engine:
     async def write(self, full: str, data: bytes, seconds: float | None) -> bool:
         """Stores encoded ``data`` for ``seconds``; returns ``False`` when the backend failed open."""
         try:
+            self.gate("SET")
             await self.backend.set(full, data, seconds)
         except BackendError as exc:
             self.backend_failed("set", exc)
             return False
+        except BaseException:
+            self.breaker.abandoned()
+            raise
+        self.succeeded()
         self.stats.sets += 1
         return True
 
@@ -219,11 +247,14 @@ class Engine:
                 return await asyncio.shield(shared)
             except _ReadAbandoned:
                 pass  # the leader was cancelled before its answer came; read for ourselves
+        self.gate("GET")
         future: asyncio.Future[bytes | None] = loop.create_future()
         reads[full] = future
         try:
             data = await self.backend.get(full)
         except BaseException as exc:
+            if not isinstance(exc, BackendError):
+                self.breaker.abandoned()
             future.set_exception(exc if isinstance(exc, BackendError) else _ReadAbandoned())
             future.exception()  # retrieved: a leader without followers must not log it
             raise
@@ -232,6 +263,9 @@ class Engine:
         finally:
             if reads.get(full) is future:
                 del reads[full]
+        breaker = self.breaker
+        if breaker.failures or breaker.open_until:
+            breaker.succeeded()
         return data
 
     @staticmethod
@@ -276,6 +310,7 @@ class Engine:
         """Drops an entry that cannot be served, so the next read recomputes it."""
         self.failures.warning("decode", "dropping unreadable cache entry %s: %s", full, reason)
         try:
+            self.gate("UNLINK")
             await self.backend.delete(full)
         except BackendError as exc:
             self.backend_failed("delete", exc)
@@ -302,6 +337,13 @@ class Engine:
         and every decorated call come here. The fresh hit is the hot path.
         """
         function_stats = spec.stats
+        breaker = self.breaker
+        if breaker.open_until and breaker.blocked():
+            # The server is known to be down: run the function as if no cache existed, with no
+            # single flight, serialization or write, so an outage costs microseconds a call.
+            self.count(Outcome.BACKEND_ERROR, full, function_stats)
+            result = produce()
+            return (await result) if inspect.isawaitable(result) else result
         try:
             data = await self.shared_get(full)
         except BackendError as exc:
@@ -389,7 +431,11 @@ class Engine:
     async def compute(self, full: str, produce: Callable[[], Any], spec: FetchSpec) -> Any:
         """Computes and stores ``full``, under a cross-process lock when the policy asks for one."""
         backend = self.backend
-        if spec.stampede.lock and isinstance(backend, LockingBackend):
+        if (
+            spec.stampede.lock
+            and isinstance(backend, LockingBackend)
+            and not self.breaker.open_until
+        ):
             return await self._compute_locked(backend, full, produce, spec)
         return await self.fetch_and_store(full, produce, spec)
 

@@ -4,6 +4,7 @@ The tree::
 
     CacheError
     ├── BackendError          a backend was unreachable, timed out or failed
+    │   └── CircuitOpenError  the call was not made: the circuit breaker is open
     ├── SerializationError    a value could not be encoded, or stored bytes decoded  (also ValueError)
     ├── ConfigurationError    a setting or argument is invalid                        (also ValueError)
     └── LockTimeout           a distributed lock was not obtained in time            (also TimeoutError)
@@ -14,7 +15,14 @@ variable at fault and never contain a password, token or full URL.
 
 from __future__ import annotations
 
-__all__ = ("BackendError", "CacheError", "ConfigurationError", "LockTimeout", "SerializationError")
+__all__ = (
+    "BackendError",
+    "CacheError",
+    "CircuitOpenError",
+    "ConfigurationError",
+    "LockTimeout",
+    "SerializationError",
+)
 
 
 class CacheError(Exception):
@@ -27,6 +35,10 @@ class BackendError(CacheError):
     With the default fail-open behaviour the `Cache` turns this into a miss or a skipped write;
     it reaches callers only with ``strict=True`` or from operations that have no safe fallback.
     """
+
+
+class CircuitOpenError(BackendError):
+    """Raised (to strict caches) when a call was skipped because the circuit breaker is open."""
 
 
 class SerializationError(CacheError, ValueError):

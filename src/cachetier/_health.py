@@ -18,7 +18,8 @@ class HealthReport:
 
     ``status`` is ``healthy`` when the backend answered within its latency budget, ``degraded``
     when it answered slowly, ``unhealthy`` when it failed (the cache then runs uncached) and
-    ``disabled`` for the null backend. Server fields are ``None`` where the backend has no server.
+    ``disabled`` for the null backend. ``breaker`` is the circuit breaker's state (``closed``,
+    ``open``, ``half_open``). Server fields are ``None`` where the backend has no server.
     It holds no credentials; ``error`` is a redacted message.
     """
 
@@ -34,6 +35,7 @@ class HealthReport:
     ops_per_sec: int | None = None
     server_version: str | None = None
     error: str | None = None
+    breaker: str = "closed"
     stats: CacheStats = field(default_factory=CacheStats)
 
     def to_dict(self) -> dict[str, object]:

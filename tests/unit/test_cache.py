@@ -14,6 +14,8 @@ from cachetier import (
     MISSING,
     BackendError,
     Cache,
+    CircuitBreaker,
+    CircuitOpenError,
     ConfigurationError,
     SerializationError,
 )
@@ -108,7 +110,14 @@ def spy(memory: MemoryBackend) -> SpyBackend:
 
 @pytest.fixture
 def cache(spy: SpyBackend, clock: FakeClock) -> Cache:
-    return Cache(spy, namespace="app", version="v1", default_ttl=60, clock=clock)
+    return Cache(
+        spy,
+        namespace="app",
+        version="v1",
+        default_ttl=60,
+        clock=clock,
+        breaker=CircuitBreaker(threshold=5, cooldown=5, clock=clock),
+    )
 
 
 async def test_set_then_get_returns_an_equal_value(cache: Cache) -> None:
@@ -365,7 +374,9 @@ async def test_use_routes_operations_to_another_backend_and_restores(
     assert await replacement.get(cache.keys.full("k")) is not None
 
 
-async def test_backend_failure_fails_open_and_is_counted(cache: Cache, spy: SpyBackend) -> None:
+async def test_backend_failure_fails_open_and_is_counted(
+    cache: Cache, spy: SpyBackend, clock: FakeClock
+) -> None:
     await cache.set("k", 1)
     spy.down = True
     assert await cache.get("k", "default") == "default"
@@ -378,6 +389,7 @@ async def test_backend_failure_fails_open_and_is_counted(cache: Cache, spy: SpyB
     assert stats.backend_errors == 4
     assert stats.hit_ratio == 0.0
     spy.down = False
+    clock.advance(5)  # the failures above opened the breaker; its cool-down ends
     assert await cache.get("k") == 1
 
 
@@ -526,3 +538,118 @@ async def test_a_failing_hook_never_reaches_the_caller(
     with caplog.at_level(logging.WARNING, logger="cachetier"):
         assert await cache.get("k") == 1
     assert "metrics exporter down" in caplog.text
+
+
+# -- circuit breaker ---------------------------------------------------------------------------
+
+
+async def test_breaker_opens_after_consecutive_failures_and_stops_calling(
+    cache: Cache, spy: SpyBackend
+) -> None:
+    runs = 0
+
+    @cache.cached()
+    async def compute() -> int:
+        nonlocal runs
+        runs += 1
+        return runs
+
+    spy.down = True
+    for _ in range(5):
+        await cache.get("k")
+    spy.calls.clear()
+    assert [await compute() for _ in range(3)] == [1, 2, 3]
+    assert await cache.get("k", "d") == "d"
+    assert await cache.set("k", 1) is False
+    assert spy.calls == []  # open: no call reaches the dead backend
+    assert (await cache.health_check()).breaker == "open"
+
+
+async def test_failures_must_be_consecutive_to_open_the_breaker(
+    cache: Cache, spy: SpyBackend
+) -> None:
+    for _ in range(10):
+        spy.down = True
+        for _ in range(4):
+            await cache.get("k")
+        spy.down = False
+        await cache.get("k")
+    spy.calls.clear()
+    await cache.get("k")
+    assert spy.calls == ["get"]
+
+
+async def test_half_open_breaker_sends_one_probe_and_closes_on_success(
+    cache: Cache, spy: SpyBackend, clock: FakeClock
+) -> None:
+    await cache.set("k", "v")
+    spy.down = True
+    for _ in range(5):
+        await cache.get("k")
+    spy.down = False
+    clock.advance(4.9)
+    spy.calls.clear()
+    assert await cache.get("k") is None
+    assert spy.calls == []
+    clock.advance(0.1)
+    assert await cache.get("k") == "v"  # the probe
+    assert await cache.get("k") == "v"
+    assert spy.calls == ["get", "get"]
+
+
+async def test_failed_probe_reopens_for_another_cooldown(
+    cache: Cache, spy: SpyBackend, clock: FakeClock
+) -> None:
+    spy.down = True
+    for _ in range(5):
+        await cache.get("k")
+    clock.advance(5)
+    spy.calls.clear()
+    await cache.get("k")  # the probe, which fails
+    await cache.get("k")
+    assert spy.calls == ["get"]
+    clock.advance(5)
+    spy.down = False
+    await cache.set("k", 1)
+    assert await cache.get("k") == 1
+
+
+async def test_cancelled_probe_does_not_keep_the_breaker_open_for_ever() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(threshold=1, cooldown=5, clock=clock)
+    breaker.failed()
+    clock.advance(5)
+    assert breaker.allow() is True  # the probe goes out, and its caller is cancelled
+    assert breaker.allow() is False
+    clock.advance(5)
+    assert breaker.allow() is True
+    breaker.succeeded()
+    assert breaker.state == "closed"
+
+
+async def test_strict_cache_raises_circuit_open_while_open(
+    spy: SpyBackend, clock: FakeClock
+) -> None:
+    cache = Cache(spy, strict=True, clock=clock, breaker=CircuitBreaker(threshold=1, clock=clock))
+    spy.down = True
+    with pytest.raises(BackendError):
+        await cache.get("k")
+    spy.down = False
+    with pytest.raises(CircuitOpenError, match="circuit breaker is open"):
+        await cache.get("k")
+
+
+async def test_health_check_probes_through_an_open_breaker_and_closes_it(
+    cache: Cache, spy: SpyBackend
+) -> None:
+    spy.down = True
+    for _ in range(5):
+        await cache.get("k")
+    report = await cache.health_check()
+    assert (report.status, report.breaker) == ("unhealthy", "open")
+    spy.down = False
+    report = await cache.health_check()
+    assert (report.status, report.breaker) == ("healthy", "closed")
+    spy.calls.clear()
+    await cache.get("k")
+    assert spy.calls == ["get"]
