@@ -11,11 +11,13 @@ from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast, final, overload
 
+from pydantic import SecretStr
 from typing_extensions import Self, Unpack
 
 from ._breaker import CircuitBreaker
 from ._cached import CachedFunction
 from ._engine import Engine, FetchSpec
+from ._entry import EntrySigner
 from ._errors import BackendError, ConfigurationError
 from ._health import HealthReport, HealthStatus
 from ._keys import KeyBuilder
@@ -73,6 +75,7 @@ class Cache:
         ttl_jitter: float = 0.0,
         hooks: Iterable[ReadHook] = (),
         breaker: CircuitBreaker | None = None,
+        signing_key: bytes | str | SecretStr | None = None,
         clock: Clock = time.time,
     ) -> None:
         """Args:
@@ -91,6 +94,10 @@ class Cache:
         hooks: callables told of every read and its `Outcome` (see `add_hook`).
         breaker: the circuit breaker in front of the backend; by default it opens after 5
             consecutive failures and probes again after 5 s.
+        signing_key: a secret of at least 16 bytes; entries are then signed with HMAC-SHA256
+            and any entry whose signature does not verify (written by someone without the
+            key, or copied from another key) is a miss, never decoded. Counters from `incr`
+            stay plain integers.
         clock: wall-clock seconds, shared by every process that reads the entries.
         """
         if backend is None:
@@ -113,6 +120,7 @@ class Cache:
             jitter=ttl_jitter,
             hooks=tuple(hooks),
             breaker=breaker if breaker is not None else CircuitBreaker(),
+            signer=_signer(signing_key),
             clock=clock,
         )
 
@@ -141,6 +149,7 @@ class Cache:
             breaker=CircuitBreaker(
                 threshold=settings.breaker_failures, cooldown=settings.breaker_cooldown
             ),
+            signing_key=settings.signing_key,
         )
         LOGGER.info(startup_log_line(settings, backend))
         return cache
@@ -287,7 +296,9 @@ class Cache:
             if data is None:
                 self._engine.count(Outcome.MISS, full_key, None)
                 continue
-            outcome, value = self._engine.decode(data, self._engine.serializer.loads, now)
+            outcome, value = self._engine.decode(
+                self._engine.unseal(full_key, data), self._engine.serializer.loads, now
+            )
             if outcome is Outcome.DECODE_ERROR:
                 await self._engine.drop_undecodable(full_key, value)
             self._engine.count(
@@ -646,6 +657,14 @@ class Cache:
             breaker=engine.breaker.state,
             **base,
         )
+
+
+def _signer(key: bytes | str | SecretStr | None) -> EntrySigner | None:
+    if key is None:
+        return None
+    if isinstance(key, SecretStr):
+        key = key.get_secret_value()
+    return EntrySigner(key.encode() if isinstance(key, str) else bytes(key))
 
 
 def _int_or_none(value: object) -> int | None:

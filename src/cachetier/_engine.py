@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Final, final
 
 from ._breaker import CircuitBreaker
-from ._entry import HEADER, HEADER_SIZE, MAGIC, encode_entry
+from ._entry import HEADER, HEADER_SIZE, MAGIC, EntrySigner, encode_entry
 from ._errors import BackendError, CircuitOpenError, LockTimeout, SerializationError
 from ._log import RateLimitedLog
 from ._policy import FreshnessPolicy, StampedePolicy
@@ -38,6 +38,9 @@ READY_PREFIX: Final = "cachetier:ready:"
 _FRESH: Final = struct.Struct("<d")
 _FRESH_OFFSET: Final = 12
 _COUNTER: Final = re.compile(rb"-?[0-9]{1,20}")
+_UNSIGNED: Final = (
+    "its signature does not verify (unsigned, tampered, or written under another key)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,7 @@ class Engine:
         "max_value_bytes",
         "reads",
         "serializer",
+        "signer",
         "stats",
         "strict",
         "tasks",
@@ -91,10 +95,12 @@ class Engine:
         jitter: float,
         hooks: tuple[ReadHook, ...],
         breaker: CircuitBreaker,
+        signer: EntrySigner | None,
         clock: Clock,
     ) -> None:
         self.backend = backend
         self.breaker = breaker
+        self.signer = signer
         self.serializer = serializer
         self.strict = strict
         self.max_value_bytes = max_value_bytes
@@ -199,7 +205,8 @@ class Engine:
             return None
         now = self.clock()
         fresh_until = 0.0 if seconds is None else now + seconds
-        return encode_entry(payload, created=now, fresh_until=fresh_until, delta=delta)
+        data = encode_entry(payload, created=now, fresh_until=fresh_until, delta=delta)
+        return data if self.signer is None else self.signer.seal(full, data)
 
     async def write(self, full: str, data: bytes, seconds: float | None) -> bool:
         """Stores encoded ``data`` for ``seconds``; returns ``False`` when the backend failed open."""
@@ -268,6 +275,16 @@ class Engine:
             breaker.succeeded()
         return data
 
+    def unseal(self, full: str, data: bytes) -> bytes:
+        """Returns ``data`` with its signature checked and removed (``b""`` if it fails).
+
+        Without a signing key, ``data`` is returned as it is. Counters are plain integers
+        (INCRBY needs them so) and pass unsigned.
+        """
+        if self.signer is None or _COUNTER.fullmatch(data):
+            return data
+        return self.signer.open(full, data) or b""
+
     @staticmethod
     def decode(data: bytes, loads: Callable[[bytes], object], now: float) -> tuple[Outcome, object]:
         """Returns (HIT or STALE, value), or (DECODE_ERROR, the reason as text)."""
@@ -295,7 +312,7 @@ class Engine:
         if data is None:
             self.count(Outcome.MISS, full)
             return Outcome.MISS, MISSING
-        outcome, value = self.decode(data, loads, self.clock())
+        outcome, value = self.decode(self.unseal(full, data), loads, self.clock())
         if outcome is Outcome.HIT:
             self.count(outcome, full)
             return outcome, value
@@ -318,6 +335,8 @@ class Engine:
     async def peek(self, full: str, codec: Serializer) -> Any:
         """Returns the fresh value at ``full``, or `MISSING`; counts nothing."""
         data = await self.backend.get(full)
+        if data is not None and self.signer is not None:
+            data = self.signer.open(full, data)
         if data is None or len(data) < HEADER_SIZE or data[0] != MAGIC:
             return MISSING
         fresh_until = _FRESH.unpack_from(data, _FRESH_OFFSET)[0]
@@ -354,6 +373,12 @@ class Engine:
             if data is None:
                 self.count(Outcome.MISS, full, function_stats)
         stale: bytes | None = None
+        if data is not None and self.signer is not None:
+            opened = self.signer.open(full, data)
+            if opened is None:
+                await self.drop_undecodable(full, _UNSIGNED)
+                self.count(Outcome.DECODE_ERROR, full, function_stats)
+            data = opened
         if data is not None:
             if len(data) >= HEADER_SIZE and data[0] == MAGIC:
                 _, _, _, _, _, fresh_until, delta = HEADER.unpack_from(data)

@@ -1,6 +1,6 @@
-"""`Entry`: one cached value as stored, payload plus the metadata the freshness policies need.
+"""Entries as stored: payload plus the metadata the freshness policies need, optionally signed.
 
-Layout (little-endian)::
+Layout of an entry (little-endian)::
 
     0  magic     0xC1          never the first byte of UTF-8 text, JSON or a decimal counter
     1  format    1
@@ -13,37 +13,31 @@ Layout (little-endian)::
 
 The backend expiry of a key is ``fresh`` plus any stale window, so a stale entry may still be
 read and served on purpose (stale-while-revalidate, stale-if-error).
+
+A signed entry (``Cache(signing_key=...)``) starts with 0xC2 instead and carries a 32-byte
+HMAC-SHA256 tag after the header. The tag covers the stored key as well as the entry, so an
+entry copied to another key is refused too. A reader without the signing key sees 0xC2 as a
+foreign value, and a reader with it refuses everything unsigned.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, final
 
-from ._errors import SerializationError
+from ._errors import ConfigurationError
 
-__all__ = ("HEADER", "HEADER_SIZE", "MAGIC", "Entry", "decode_entry", "encode_entry")
+__all__ = ("HEADER", "HEADER_SIZE", "MAGIC", "SIGNED_MAGIC", "EntrySigner", "encode_entry")
 
 MAGIC: Final = 0xC1
+SIGNED_MAGIC: Final = 0xC2
 _FORMAT: Final = 1
 HEADER: Final = struct.Struct("<BBBBddf")
 HEADER_SIZE: Final = HEADER.size
-_PREFIX: Final = bytes((MAGIC, _FORMAT))
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A decoded stored value: the serialized ``payload`` and when it was made and goes stale."""
-
-    payload: bytes
-    created: float
-    fresh_until: float
-    delta: float
-
-    def is_fresh(self, now: float) -> bool:
-        """Returns whether the value is still within its TTL at ``now``."""
-        return self.fresh_until == 0.0 or now < self.fresh_until
+_TAG_SIZE: Final = 32
+_MIN_KEY_BYTES: Final = 16
 
 
 def encode_entry(
@@ -53,15 +47,40 @@ def encode_entry(
     return HEADER.pack(MAGIC, _FORMAT, 0, 0, created, fresh_until, delta) + payload
 
 
-def decode_entry(data: bytes) -> Entry:
-    """Parses stored bytes written by `encode_entry`.
+@final
+class EntrySigner:
+    """Signs entries with HMAC-SHA256 and checks them, so values others wrote are never decoded."""
 
-    Raises:
-        SerializationError: the bytes were not written by cachetier's entry format.
-    """
-    if len(data) < HEADER_SIZE or data[:2] != _PREFIX:
-        raise SerializationError(
-            "stored bytes are not a cachetier entry (foreign or corrupt value)"
-        )
-    _, _, _, _, created, fresh_until, delta = HEADER.unpack_from(data)
-    return Entry(data[HEADER_SIZE:], created, fresh_until, delta)
+    __slots__ = ("_key",)
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < _MIN_KEY_BYTES:
+            raise ConfigurationError(f"signing_key must be at least {_MIN_KEY_BYTES} bytes long")
+        self._key = key
+
+    def __repr__(self) -> str:
+        return "EntrySigner(key=***)"
+
+    def _tag(self, full: str, header: bytes, payload: bytes) -> bytes:
+        mac = hmac.new(self._key, full.encode("utf-8", "surrogatepass"), hashlib.sha256)
+        mac.update(b"\x00")  # the key is text and cannot hold NUL: a boundary nobody can forge
+        mac.update(header)
+        mac.update(payload)
+        return mac.digest()
+
+    def seal(self, full: str, entry: bytes) -> bytes:
+        """Returns the signed form of ``entry`` (as `encode_entry` made it) stored at ``full``."""
+        header = bytes((SIGNED_MAGIC,)) + entry[1:HEADER_SIZE]
+        payload = entry[HEADER_SIZE:]
+        return header + self._tag(full, header, payload) + payload
+
+    def open(self, full: str, data: bytes) -> bytes | None:
+        """Returns the unsigned entry inside ``data``, or ``None`` when the tag does not verify."""
+        if len(data) < HEADER_SIZE + _TAG_SIZE or data[0] != SIGNED_MAGIC:
+            return None
+        header = data[:HEADER_SIZE]
+        tag = data[HEADER_SIZE : HEADER_SIZE + _TAG_SIZE]
+        payload = data[HEADER_SIZE + _TAG_SIZE :]
+        if not hmac.compare_digest(tag, self._tag(full, header, payload)):
+            return None
+        return bytes((MAGIC,)) + header[1:] + payload

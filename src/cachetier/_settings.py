@@ -125,6 +125,10 @@ class CacheSettings(BaseSettings):
     max_value_bytes: int = Field(
         default=_MIB, ge=1, description="Serialized values larger than this are not cached."
     )
+    signing_key: SecretStr | None = Field(
+        default=None,
+        description="Secret (16+ bytes) to sign entries with HMAC-SHA256; unsigned entries are refused.",
+    )
     strict: bool = Field(default=False, description="Raise `BackendError` instead of failing open.")
     key_max_length: int = Field(
         default=200,
