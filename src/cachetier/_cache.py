@@ -496,7 +496,7 @@ class Cache:
         full = self._keys.full(key)
         stampede, freshness = build_policies(**policy) if policy else _DEFAULT_POLICIES
         spec = FetchSpec(self._ttl_seconds(ttl), self._engine.serializer, stampede, freshness)
-        value = await self._engine.through(full, fetch_fn, spec)
+        value = await self._engine.through(full, fetch_fn, (), {}, spec)
         return cast("T", value)  # deserialization boundary: the entry was written from a T
 
     @overload

@@ -6,7 +6,7 @@ import functools
 import inspect
 import string
 import typing
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -24,10 +24,11 @@ from typing_extensions import Self
 
 from ._engine import FetchSpec
 from ._errors import SerializationError
-from ._keys import _ADDRESS, encode_argument, escape_part, function_name
+from ._keys import _ADDRESS, KeyBuilder, encode_argument, escape_part, function_name
 from ._log import LOGGER
 from ._policy import FreshnessPolicy, StampedePolicy
 from ._stats import CacheStats, StatsRecorder
+from ._types import Outcome
 from .serializers import PickleSerializer, Serializer
 from .serializers._typed import TypedSerializer
 
@@ -62,26 +63,44 @@ class _EscapingFormatter(string.Formatter):
 _FORMATTER: Final = _EscapingFormatter()
 
 
+def _encode_part(value: Any) -> str:
+    """Returns the escaped, typed text of one argument; the common builtins take a short cut.
+
+    The short cuts give exactly what ``escape_part(encode_argument(value))`` gives.
+    """
+    kind = type(value)
+    if kind is int:
+        return str(value)  # digits and "-": nothing to escape
+    if kind is str and value.isascii() and value.isalnum():
+        return f'"{value}"'  # what json.dumps makes of it, with nothing to escape
+    return escape_part(encode_argument(value))
+
+
 @final
 class _KeyPlan:
-    """What can be worked out once per function about turning a call into its relative key."""
+    """What can be worked out once per function about turning a call into its key."""
 
     __slots__ = (
         "_constant",
+        "_count",
         "_defaults",
         "_exclude",
         "_fast",
         "_index",
         "_key_slots",
+        "_keys",
         "_positional",
         "_prefix",
+        "_required",
         "_signature",
+        "_stored_prefix",
         "_template",
     )
 
     def __init__(
         self,
         func: Callable[..., object],
+        keys: KeyBuilder,
         *,
         key: str | None,
         key_prefix: str | None,
@@ -102,6 +121,7 @@ class _KeyPlan:
         ):
             exclude.add(params[0].name)
         self._signature = signature
+        self._keys = keys
         self._exclude = frozenset(exclude)
         self._template = key
         if key is not None:
@@ -116,14 +136,17 @@ class _KeyPlan:
                     f"key template {key!r} names no parameter of {function_name(func)}: {sorted(missing)}"
                 )
         self._prefix = (key_prefix or "") + function_name(func)
+        self._stored_prefix = keys.prefix + self._prefix + ":"
         # The fast path binds by index; functions with *args or **kwargs take signature.bind.
         self._fast = all(
             p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
             for p in params
         )
+        self._count = len(params)
         self._positional = sum(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params)
         self._index = {p.name: i for i, p in enumerate(params)}
         self._defaults = [p.default for p in params]
+        self._required = tuple(i for i, p in enumerate(params) if p.default is _REQUIRED)
         self._key_slots = tuple(
             (i, escape_part(p.name) + "=")
             for i, p in enumerate(params)
@@ -144,24 +167,35 @@ class _KeyPlan:
         return (
             self._prefix
             + ":"
-            + ":".join(
-                name + escape_part(encode_argument(values[i])) for i, name in self._key_slots
-            )
+            + ":".join([name + _encode_part(values[i]) for i, name in self._key_slots])
         )
 
-    def _bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[Any]:
-        if self._fast and len(args) <= self._positional:
-            values = list(self._defaults)
-            values[: len(args)] = args
-            ok = True
-            for name, value in kwargs.items():
-                i = self._index.get(name)
-                if i is None or i < len(args):
-                    ok = False
-                    break
-                values[i] = value
-            if ok and _REQUIRED not in values:
-                return values
+    def stored(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+        """Returns the stored key of a call: the hot path of every decorated call."""
+        if self._template is not None or not self._key_slots:
+            return self._keys.full(self.relative(args, kwargs))
+        values = self._bind(args, kwargs)
+        key = self._stored_prefix + ":".join(
+            [name + _encode_part(values[i]) for i, name in self._key_slots]
+        )
+        return self._keys.fit(key)
+
+    def _bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Sequence[Any]:
+        if self._fast:
+            if not kwargs and len(args) == self._positional == self._count:
+                return args  # every argument given by position: nothing to fill in
+            if len(args) <= self._positional:
+                values = list(self._defaults)
+                values[: len(args)] = args
+                ok = True
+                for name, value in kwargs.items():
+                    i = self._index.get(name)
+                    if i is None or i < len(args):
+                        ok = False
+                        break
+                    values[i] = value
+                if ok and all(values[i] is not _REQUIRED for i in self._required):
+                    return values
         # Slow path: also the one that raises the interpreter's own TypeError for a bad call.
         bound = self._signature.bind(*args, **kwargs)
         bound.apply_defaults()
@@ -213,7 +247,7 @@ class CachedFunction(Generic[P, R]):
         self._keys = cache.keys
         self._func = func
         self._ttl = ttl
-        self._plan = _KeyPlan(func, key=key, key_prefix=key_prefix, exclude=exclude)
+        self._plan = _KeyPlan(func, cache.keys, key=key, key_prefix=key_prefix, exclude=exclude)
         self._typed = typed
         self._stampede = stampede
         self._freshness = freshness
@@ -251,9 +285,22 @@ class CachedFunction(Generic[P, R]):
         """Returns the cached result of the call, computing and storing it on a miss."""
         if self._bound is not _UNBOUND:
             args = (self._bound, *args)  # type: ignore[assignment]  # P of the bound method excludes self
-        value = await self._engine.through(
-            self._keys.full(self._plan.relative(args, kwargs)),
-            functools.partial(self._func, *args, **kwargs),
+        engine = self._engine
+        breaker = engine.breaker
+        if breaker.open_until and breaker.blocked():
+            # The backend is known to be down: skip even the key, and call the function as if
+            # there were no cache; an outage then costs about a microsecond a call.
+            engine.count(
+                Outcome.BACKEND_ERROR,
+                self._plan.stored(args, kwargs) if engine.hooks else "",
+                self._stats,
+            )
+            return await self._func(*args, **kwargs)
+        value = await engine.through(
+            self._plan.stored(args, kwargs),
+            self._func,
+            args,
+            kwargs,
             self._spec or self._make_spec(),
         )
         return cast("R", value)  # deserialization boundary: the codec validated it as R
@@ -271,7 +318,7 @@ class CachedFunction(Generic[P, R]):
         if self._bound is not _UNBOUND:
             args = (self._bound, *args)  # type: ignore[assignment]  # as in __call__
         value = await self._engine.compute(
-            self._keys.full(self._plan.relative(args, kwargs)),
+            self._plan.stored(args, kwargs),
             functools.partial(self._func, *args, **kwargs),
             self._spec or self._make_spec(),
         )

@@ -9,6 +9,7 @@ encoded, when it is fresh or stale, how concurrent misses merge, and how a failu
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import math
 import random
@@ -16,12 +17,12 @@ import re
 import secrets
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, final
 
 from ._breaker import CircuitBreaker
-from ._entry import HEADER, HEADER_SIZE, MAGIC, EntrySigner, encode_entry
+from ._entry import HEADER_SIZE, MAGIC, EntrySigner, encode_entry
 from ._errors import BackendError, CircuitOpenError, LockTimeout, SerializationError
 from ._log import RateLimitedLog
 from ._policy import FreshnessPolicy, StampedePolicy
@@ -37,6 +38,8 @@ LOCK_PREFIX: Final = "cachetier:lock:"
 READY_PREFIX: Final = "cachetier:ready:"
 _FRESH: Final = struct.Struct("<d")
 _FRESH_OFFSET: Final = 12
+_DELTA: Final = struct.Struct("<f")
+_DELTA_OFFSET: Final = 20
 _COUNTER: Final = re.compile(rb"-?[0-9]{1,20}")
 _UNSIGNED: Final = (
     "its signature does not verify (unsigned, tampered, or written under another key)"
@@ -111,7 +114,8 @@ class Engine:
         self.failures = RateLimitedLog()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.flights: SingleFlight[Any] = SingleFlight(on_start=self.track)
-        self.reads: dict[str, asyncio.Future[bytes | None]] = {}
+        # Key -> the event loop of its one reader, or the futures of readers waiting for it.
+        self.reads: dict[str, asyncio.AbstractEventLoop | list[asyncio.Future[bytes | None]]] = {}
 
     # -- bookkeeping --------------------------------------------------------------------------
 
@@ -243,37 +247,61 @@ class Engine:
         """GETs ``full``; concurrent reads of one key in this event loop share one round trip.
 
         A burst of requests for a hot key would otherwise open one connection each; merged,
-        the burst costs one GET and the followers wait for its answer.
+        the burst costs one GET. The first reader marks the key with its event loop and reads;
+        a reader arriving meanwhile adds a future of its own to wait on, so a lone read costs
+        three dict operations, and a waiter's cancellation cancels nothing but its own future.
         """
         loop = asyncio.get_running_loop()
         reads = self.reads
-        shared = reads.get(full)
-        if shared is not None and shared.get_loop() is loop:
-            try:
-                # Shielded: a follower's cancellation must not cancel the answer others await.
-                return await asyncio.shield(shared)
-            except _ReadAbandoned:
-                pass  # the leader was cancelled before its answer came; read for ourselves
+        waiting = reads.get(full)
+        if waiting is not None:
+            if waiting is loop:
+                waiting = reads[full] = []
+            if isinstance(waiting, list):
+                future: asyncio.Future[bytes | None] = loop.create_future()
+                waiting.append(future)
+                try:
+                    return await future
+                except _ReadAbandoned:
+                    pass  # the first reader was cancelled before its answer came; read ourselves
+            # Otherwise another event loop reads this key: read without merging.
         self.gate("GET")
-        future: asyncio.Future[bytes | None] = loop.create_future()
-        reads[full] = future
+        owner = waiting is None
+        if owner:
+            reads[full] = loop
         try:
             data = await self.backend.get(full)
         except BaseException as exc:
             if not isinstance(exc, BackendError):
                 self.breaker.abandoned()
-            future.set_exception(exc if isinstance(exc, BackendError) else _ReadAbandoned())
-            future.exception()  # retrieved: a leader without followers must not log it
+            if owner:
+                self._answer(reads.pop(full, None), None, exc)
             raise
-        else:
-            future.set_result(data)
-        finally:
-            if reads.get(full) is future:
-                del reads[full]
+        if owner:
+            waiters = reads.pop(full, None)
+            if waiters is not loop:
+                self._answer(waiters, data, None)
         breaker = self.breaker
         if breaker.failures or breaker.open_until:
             breaker.succeeded()
         return data
+
+    @staticmethod
+    def _answer(waiters: object, data: bytes | None, exc: BaseException | None) -> None:
+        """Hands the first reader's answer (or failure) to the readers that waited for it."""
+        if not isinstance(waiters, list):
+            return
+        failure = (
+            None if exc is None else exc if isinstance(exc, BackendError) else _ReadAbandoned()
+        )
+        for future in waiters:
+            if future.done():
+                continue  # that reader was cancelled
+            if failure is None:
+                future.set_result(data)
+            else:
+                future.set_exception(failure)
+                future.exception()  # retrieved: its reader may be gone
 
     def unseal(self, full: str, data: bytes) -> bytes:
         """Returns ``data`` with its signature checked and removed (``b""`` if it fails).
@@ -349,11 +377,19 @@ class Engine:
 
     # -- read-through -------------------------------------------------------------------------
 
-    async def through(self, full: str, produce: Callable[[], Any], spec: FetchSpec) -> Any:
+    async def through(
+        self,
+        full: str,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        spec: FetchSpec,
+    ) -> Any:
         """Reads ``full``; on a miss computes it once (per process, or per cluster with a lock).
 
         The one place where freshness, stampede and fail-open rules meet: `Cache.get_or_set`
-        and every decorated call come here. The fresh hit is the hot path.
+        and every decorated call come here. ``func(*args, **kwargs)`` computes the value on a
+        miss. The fresh hit is the hot path: it allocates nothing it does not return.
         """
         function_stats = spec.stats
         breaker = self.breaker
@@ -361,7 +397,7 @@ class Engine:
             # The server is known to be down: run the function as if no cache existed, with no
             # single flight, serialization or write, so an outage costs microseconds a call.
             self.count(Outcome.BACKEND_ERROR, full, function_stats)
-            result = produce()
+            result = func(*args, **kwargs)
             return (await result) if inspect.isawaitable(result) else result
         try:
             data = await self.shared_get(full)
@@ -381,7 +417,7 @@ class Engine:
             data = opened
         if data is not None:
             if len(data) >= HEADER_SIZE and data[0] == MAGIC:
-                _, _, _, _, _, fresh_until, delta = HEADER.unpack_from(data)
+                fresh_until = _FRESH.unpack_from(data, _FRESH_OFFSET)[0]
                 now = self.clock()
                 freshness = spec.freshness
                 if not fresh_until or now < fresh_until:
@@ -391,10 +427,21 @@ class Engine:
                         await self.drop_undecodable(full, exc)
                         self.count(Outcome.DECODE_ERROR, full, function_stats)
                     else:
-                        self.count(Outcome.HIT, full, function_stats)
+                        # A hit, counted inline: record() and its branches cost a microsecond.
+                        self.stats.hits += 1
+                        if function_stats is not None:
+                            function_stats.hits += 1
+                        if self.hooks:
+                            self._notify(
+                                ReadEvent(full, Outcome.HIT, function_stats and function_stats.name)
+                            )
                         beta = freshness.early_refresh_beta
-                        if beta and fresh_until and _xfetch_due(now, fresh_until, delta, beta):
-                            self.refresh_soon(full, produce, spec)
+                        if beta and fresh_until:
+                            delta = _DELTA.unpack_from(data, _DELTA_OFFSET)[0]
+                            if _xfetch_due(now, fresh_until, delta, beta):
+                                self.refresh_soon(
+                                    full, functools.partial(func, *args, **kwargs), spec
+                                )
                         return value
                 elif freshness.stale_ttl and now < fresh_until + freshness.stale_ttl:
                     try:
@@ -404,7 +451,7 @@ class Engine:
                         self.count(Outcome.DECODE_ERROR, full, function_stats)
                     else:
                         self.count(Outcome.STALE, full, function_stats)
-                        self.refresh_soon(full, produce, spec)
+                        self.refresh_soon(full, functools.partial(func, *args, **kwargs), spec)
                         return value
                 else:
                     if freshness.stale_if_error and now < fresh_until + freshness.stale_if_error:
@@ -413,6 +460,8 @@ class Engine:
             else:
                 await self.drop_undecodable(full, "not an entry written by a cached function")
                 self.count(Outcome.DECODE_ERROR, full, function_stats)
+
+        produce = functools.partial(func, *args, **kwargs)
 
         async def compute() -> Any:
             return await self.compute(full, produce, spec)

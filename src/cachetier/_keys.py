@@ -225,6 +225,10 @@ class KeyBuilder:
         """
         return glob_escape(self.relative(*parts))
 
+    def fit(self, key: str) -> str:
+        """Returns a stored ``key`` as is, or shortened with its digest when over ``max_length``."""
+        return key if len(key) <= self._max_length else self._shorten(key)
+
     def pattern(self, glob: str) -> str:
         """Returns the Redis glob that matches relative ``glob`` within this namespace and version.
 

@@ -585,3 +585,15 @@ async def test_plain_json_annotation_still_refuses_a_value_of_another_shape(cach
     assert document.stats.decode_errors == 1
     assert await document() == {"a": 1}
     assert runs.calls == 1
+
+
+async def test_a_call_the_signature_refuses_raises_type_error_even_when_cached(cache: Cache) -> None:
+    @cache.cached()
+    async def f(a: int, *, b: int = 1) -> int:
+        return a + b
+
+    assert await f(1) == 2
+    with pytest.raises(TypeError):
+        await f(1, 2)  # type: ignore[misc]  # b is keyword-only
+    with pytest.raises(TypeError):
+        await f(1, c=3)  # type: ignore[call-arg]
