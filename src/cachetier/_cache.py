@@ -246,11 +246,11 @@ class Cache:
         """
         engine = self._engine
         previous = engine.backend
-        engine.backend = backend
+        engine.set_backend(backend)
         try:
             yield backend
         finally:
-            engine.backend = previous
+            engine.set_backend(previous)
 
     def _ttl_seconds(self, ttl: TTLLike | None) -> float | None:
         return self._default_ttl if ttl is None else to_seconds(ttl)

@@ -80,6 +80,7 @@ class Engine:
         "hooks",
         "jitter",
         "max_value_bytes",
+        "merge_reads",
         "reads",
         "serializer",
         "signer",
@@ -102,6 +103,8 @@ class Engine:
         clock: Clock,
     ) -> None:
         self.backend = backend
+        self.merge_reads = True
+        self.set_backend(backend)
         self.breaker = breaker
         self.signer = signer
         self.serializer = serializer
@@ -118,6 +121,13 @@ class Engine:
         self.reads: dict[str, asyncio.AbstractEventLoop | list[asyncio.Future[bytes | None]]] = {}
 
     # -- bookkeeping --------------------------------------------------------------------------
+
+    def set_backend(self, backend: Backend) -> None:
+        """Makes ``backend`` the one every operation uses from now on."""
+        self.backend = backend
+        # Merging concurrent reads saves round trips; a backend whose calls never wait on I/O
+        # (it says so with ``in_process = True``) answers before a second reader can arrive.
+        self.merge_reads = not getattr(backend, "in_process", False)
 
     def track(self, task: asyncio.Task[Any]) -> None:
         """Keeps ``task`` until it ends, so `cancel_background` can stop it."""
@@ -251,6 +261,12 @@ class Engine:
         a reader arriving meanwhile adds a future of its own to wait on, so a lone read costs
         three dict operations, and a waiter's cancellation cancels nothing but its own future.
         """
+        if not self.merge_reads:
+            self.gate("GET")
+            data = await self.backend.get(full)
+            if self.breaker.failures:
+                self.breaker.succeeded()
+            return data
         loop = asyncio.get_running_loop()
         reads = self.reads
         waiting = reads.get(full)

@@ -16,6 +16,9 @@ class Backend(Protocol):
     positive seconds, or ``None`` for no expiry; backends keep at least millisecond precision.
     Failures are raised as `cachetier.BackendError`; the `Cache` decides whether they fail open.
     At this level ``None`` means "absent", which is unambiguous because values are bytes.
+
+    A backend whose calls never wait on I/O may set a class attribute ``in_process = True``;
+    the cache then skips merging concurrent reads of one key, which could not help.
     """
 
     @property

@@ -113,6 +113,9 @@ class MemoryBackend:
             not callable.
     """
 
+    #: Calls never wait on I/O, so a cache skips merging concurrent reads of one key.
+    in_process: Final = True
+
     __slots__ = (
         "_clock",
         "_data",

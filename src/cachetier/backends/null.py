@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import final
+from typing import Final, final
 
 __all__ = ("NullBackend",)
 
@@ -14,6 +14,9 @@ class NullBackend:
 
     `incr` returns ``amount`` each time, as if every count started afresh.
     """
+
+    #: Calls never wait on I/O, so a cache skips merging concurrent reads of one key.
+    in_process: Final = True
 
     __slots__ = ()
 
