@@ -73,11 +73,14 @@ class Engine:
 
     __slots__ = (
         "backend",
+        "batch",
+        "batch_loop",
         "breaker",
         "clock",
         "failures",
         "flights",
         "hooks",
+        "in_flight",
         "jitter",
         "max_value_bytes",
         "merge_reads",
@@ -117,6 +120,10 @@ class Engine:
         self.failures = RateLimitedLog()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.flights: SingleFlight[Any] = SingleFlight(on_start=self.track)
+        # Reads to the backend under way, and the keys queued to go out together as one MGET.
+        self.in_flight = 0
+        self.batch: list[str] | None = None
+        self.batch_loop: asyncio.AbstractEventLoop | None = None
         # Key -> the event loop of its one reader, or the futures of readers waiting for it.
         self.reads: dict[str, asyncio.AbstractEventLoop | list[asyncio.Future[bytes | None]]] = {}
 
@@ -254,12 +261,16 @@ class Engine:
     # -- reading ------------------------------------------------------------------------------
 
     async def shared_get(self, full: str) -> bytes | None:
-        """GETs ``full``; concurrent reads of one key in this event loop share one round trip.
+        """GETs ``full``, merging concurrent reads into as few round trips as possible.
 
-        A burst of requests for a hot key would otherwise open one connection each; merged,
-        the burst costs one GET. The first reader marks the key with its event loop and reads;
-        a reader arriving meanwhile adds a future of its own to wait on, so a lone read costs
-        three dict operations, and a waiter's cancellation cancels nothing but its own future.
+        Two merges, both invisible to callers. Readers of a key that is already being read
+        wait for that answer instead of sending another GET: a burst on a hot key costs one
+        round trip. And a read that starts while other reads are in flight joins a batch that
+        goes out as one MGET at the end of the event loop's turn: a burst over many keys costs
+        two round trips instead of one per key (and one connection each). A read with nothing
+        else in flight goes out at once, so a lone hit pays neither merge, only three dict
+        operations. Each waiter waits on a future of its own, so its cancellation cancels
+        nothing else.
         """
         if not self.merge_reads:
             self.gate("GET")
@@ -274,17 +285,22 @@ class Engine:
             if waiting is loop:
                 waiting = reads[full] = []
             if isinstance(waiting, list):
-                future: asyncio.Future[bytes | None] = loop.create_future()
-                waiting.append(future)
-                try:
-                    return await future
-                except _ReadAbandoned:
-                    pass  # the first reader was cancelled before its answer came; read ourselves
+                return await self._wait_for(waiting, full, loop)
             # Otherwise another event loop reads this key: read without merging.
         self.gate("GET")
+        if waiting is None and self.in_flight and self.batch_loop in (None, loop):
+            batch = self.batch
+            if batch is None:
+                batch = self.batch = []
+                self.batch_loop = loop
+                loop.call_soon(self._send_batch)
+            batch.append(full)
+            waiting = reads[full] = []
+            return await self._wait_for(waiting, full, loop)
         owner = waiting is None
         if owner:
             reads[full] = loop
+        self.in_flight += 1
         try:
             data = await self.backend.get(full)
         except BaseException as exc:
@@ -293,6 +309,8 @@ class Engine:
             if owner:
                 self._answer(reads.pop(full, None), None, exc)
             raise
+        finally:
+            self.in_flight -= 1
         if owner:
             waiters = reads.pop(full, None)
             if waiters is not loop:
@@ -301,6 +319,46 @@ class Engine:
         if breaker.failures or breaker.open_until:
             breaker.succeeded()
         return data
+
+    async def _wait_for(
+        self,
+        waiting: list[asyncio.Future[bytes | None]],
+        full: str,
+        loop: asyncio.AbstractEventLoop,
+    ) -> bytes | None:
+        future: asyncio.Future[bytes | None] = loop.create_future()
+        waiting.append(future)
+        try:
+            return await future
+        except _ReadAbandoned:
+            # The read this one waited for was cancelled before its answer came: read alone.
+            self.gate("GET")
+            return await self.backend.get(full)
+
+    def _send_batch(self) -> None:
+        """Sends the reads that queued during this turn of the event loop as one MGET."""
+        keys, self.batch, loop, self.batch_loop = self.batch, None, self.batch_loop, None
+        if keys and loop is not None:
+            self.track(loop.create_task(self._read_batch(keys)))
+
+    async def _read_batch(self, keys: list[str]) -> None:
+        reads = self.reads
+        self.in_flight += 1
+        try:
+            values = await self.backend.get_many(keys)
+        except BaseException as exc:
+            # Each waiter's caller counts the failure for the breaker and logs it.
+            for key in keys:
+                self._answer(reads.pop(key, None), None, exc)
+            if not isinstance(exc, (BackendError, asyncio.CancelledError)):
+                raise
+            return
+        finally:
+            self.in_flight -= 1
+        for key, data in zip(keys, values, strict=True):
+            self._answer(reads.pop(key, None), data, None)
+        if self.breaker.failures or self.breaker.open_until:
+            self.breaker.succeeded()
 
     @staticmethod
     def _answer(waiters: object, data: bytes | None, exc: BaseException | None) -> None:
