@@ -494,13 +494,19 @@ class Engine:
                 fresh_until = _FRESH.unpack_from(data, _FRESH_OFFSET)[0]
                 now = self.clock()
                 freshness = spec.freshness
-                if not fresh_until or now < fresh_until:
+                fresh = not fresh_until or now < fresh_until
+                if fresh or (freshness.stale_ttl and now < fresh_until + freshness.stale_ttl):
                     try:
                         value = spec.codec.loads(data[HEADER_SIZE:])
                     except SerializationError as exc:
                         await self.drop_undecodable(full, exc)
                         self.count(Outcome.DECODE_ERROR, full, function_stats)
                     else:
+                        if not fresh:
+                            # Stale-while-revalidate: serve it, and refresh it in the background.
+                            self.count(Outcome.STALE, full, function_stats)
+                            self.refresh_soon(full, functools.partial(func, *args, **kwargs), spec)
+                            return value
                         # A hit, counted inline: record() and its branches cost a microsecond.
                         self.stats.hits += 1
                         if function_stats is not None:
@@ -516,16 +522,6 @@ class Engine:
                                 self.refresh_soon(
                                     full, functools.partial(func, *args, **kwargs), spec
                                 )
-                        return value
-                elif freshness.stale_ttl and now < fresh_until + freshness.stale_ttl:
-                    try:
-                        value = spec.codec.loads(data[HEADER_SIZE:])
-                    except SerializationError as exc:
-                        await self.drop_undecodable(full, exc)
-                        self.count(Outcome.DECODE_ERROR, full, function_stats)
-                    else:
-                        self.count(Outcome.STALE, full, function_stats)
-                        self.refresh_soon(full, functools.partial(func, *args, **kwargs), spec)
                         return value
                 else:
                     if freshness.stale_if_error and now < fresh_until + freshness.stale_if_error:
