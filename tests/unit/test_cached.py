@@ -587,7 +587,9 @@ async def test_plain_json_annotation_still_refuses_a_value_of_another_shape(cach
     assert runs.calls == 1
 
 
-async def test_a_call_the_signature_refuses_raises_type_error_even_when_cached(cache: Cache) -> None:
+async def test_a_call_the_signature_refuses_raises_type_error_even_when_cached(
+    cache: Cache,
+) -> None:
     @cache.cached()
     async def f(a: int, *, b: int = 1) -> int:
         return a + b

@@ -1,0 +1,1 @@
+"""The task service example: FastAPI, SQLite (aiosqlite) and cachetier; see ``app.py``."""

@@ -1,0 +1,230 @@
+"""The cachetier pytest plugin: cache fixtures for memory, fakeredis and real Redis, and assertions.
+
+Installed with cachetier, pytest loads it through the ``pytest11`` entry point; without the
+installed entry point, add ``pytest_plugins = ["cachetier.testing.plugin"]`` to a conftest or
+run ``pytest -p cachetier.testing.plugin``. The fixtures are async and need pytest-asyncio.
+
+Fixtures (each fresh per test, closed after it):
+
+- ``cachetier_clock``: the `FakeClock` the memory cache runs on; ``advance`` it to expire entries.
+- ``cachetier_memory_cache``: a `Cache` on a `MemoryBackend`, both on ``cachetier_clock``.
+- ``cachetier_fakeredis_cache``: a `Cache` on fakeredis, a server of its own per test; skipped
+  with a reason when fakeredis is not installed.
+- ``cachetier_redis_cache``: a `Cache` on the real Redis at ``CACHETIER_TEST_REDIS_URL``
+  (default ``redis://127.0.0.1:6379/15``), in a namespace of its own that is cleared after the
+  test; skipped with a reason when no server answers, a failure instead under
+  ``CACHETIER_REQUIRE_REDIS=1``.
+- ``cachetier_swap``: ``cachetier_swap(cache)`` routes a cache the code under test holds (a
+  module-level one, say) to a fresh `MemoryBackend`, or to the backend given, until the test
+  ends; returns that backend.
+
+Assertions, usable with or without the fixtures: `assert_hits` and `expect_reads`, on a `Cache`
+or a decorated function (anything with a ``stats`` property).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Final, Protocol
+
+import pytest
+import pytest_asyncio
+
+from .._cache import Cache
+from .._stats import CacheStats
+from ..backends._protocol import Backend
+from ..backends.memory import MemoryBackend
+from ._clock import FakeClock
+
+__all__ = (
+    "HasStats",
+    "Swap",
+    "assert_hits",
+    "cachetier_clock",
+    "cachetier_fakeredis_cache",
+    "cachetier_memory_cache",
+    "cachetier_redis_cache",
+    "cachetier_swap",
+    "expect_reads",
+)
+
+DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/15"
+"""The server ``cachetier_redis_cache`` uses when ``CACHETIER_TEST_REDIS_URL`` is not set."""
+
+
+class HasStats(Protocol):
+    """Anything with a `CacheStats` snapshot: a `Cache` or a decorated function."""
+
+    @property
+    def stats(self) -> CacheStats:
+        """The counters now."""
+        ...
+
+
+class Swap(Protocol):
+    """The callable ``cachetier_swap`` provides."""
+
+    def __call__(self, cache: Cache, backend: Backend | None = None) -> Backend:
+        """Routes ``cache`` to ``backend`` (a fresh `MemoryBackend` by default) until the test ends."""
+        ...
+
+
+def _namespace() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+# -- assertions -------------------------------------------------------------------------------
+
+
+def assert_hits(target: HasStats, hits: int) -> None:
+    """Asserts that ``target`` has counted exactly ``hits`` hits since it was made (or reset).
+
+    Raises:
+        AssertionError: the count differs; the message shows every read counter.
+    """
+    stats = target.stats
+    if stats.hits != hits:
+        raise AssertionError(f"expected {hits} hits, counted {_describe(stats)}")
+
+
+@contextmanager
+def expect_reads(
+    target: HasStats,
+    *,
+    hits: int | None = None,
+    misses: int | None = None,
+    stale: int | None = None,
+    errors: int | None = None,
+    bypassed: int | None = None,
+) -> Iterator[None]:
+    """Asserts how many reads of each outcome ``target`` counts during the block.
+
+    Only the counts given are checked; ``errors`` counts backend and decode errors together.
+    Nothing is checked when the block raises, so its own exception is what the test reports.
+
+    Raises:
+        AssertionError: a count differs; the message shows every counter's change.
+    """
+    before = target.stats
+    yield
+    after = target.stats
+    delta = CacheStats(
+        hits=after.hits - before.hits,
+        misses=after.misses - before.misses,
+        stale_served=after.stale_served - before.stale_served,
+        backend_errors=after.backend_errors - before.backend_errors,
+        decode_errors=after.decode_errors - before.decode_errors,
+        bypassed=after.bypassed - before.bypassed,
+    )
+    checks = (
+        ("hits", hits, delta.hits),
+        ("misses", misses, delta.misses),
+        ("stale", stale, delta.stale_served),
+        ("errors", errors, delta.backend_errors + delta.decode_errors),
+        ("bypassed", bypassed, delta.bypassed),
+    )
+    wrong = [
+        f"{name}={got} (expected {want})"
+        for name, want, got in checks
+        if want is not None and want != got
+    ]
+    if wrong:
+        raise AssertionError(
+            f"unexpected reads in the block: {', '.join(wrong)}; all reads: {_describe(delta)}"
+        )
+
+
+def _describe(stats: CacheStats) -> str:
+    return (
+        f"hits={stats.hits} misses={stats.misses} stale={stats.stale_served} "
+        f"backend_errors={stats.backend_errors} decode_errors={stats.decode_errors} "
+        f"bypassed={stats.bypassed}"
+    )
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cachetier_clock() -> FakeClock:
+    """A `FakeClock` for this test; the memory cache fixture runs on it."""
+    return FakeClock()
+
+
+@pytest_asyncio.fixture
+async def cachetier_memory_cache(cachetier_clock: FakeClock) -> AsyncIterator[Cache]:
+    """A `Cache` on a fresh `MemoryBackend`, both on ``cachetier_clock``."""
+    cache = Cache(
+        MemoryBackend(clock=cachetier_clock), namespace=_namespace(), clock=cachetier_clock
+    )
+    yield cache
+    await cache.aclose()
+
+
+@pytest_asyncio.fixture
+async def cachetier_fakeredis_cache() -> AsyncIterator[Cache]:
+    """A `Cache` on fakeredis with a server of its own; skipped when fakeredis is missing."""
+    fakeredis = pytest.importorskip(
+        "fakeredis", reason='fakeredis is not installed (pip install "cachetier[fakeredis]")'
+    )
+    from ..backends.redis import RedisBackend
+
+    client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    cache = Cache(RedisBackend(client, owns_client=True), namespace=_namespace())
+    yield cache
+    await cache.aclose()
+
+
+@pytest.fixture(scope="session")
+def _cachetier_redis_url() -> str:
+    """The URL of the real Redis the suite may use; skips (or fails) once when none answers."""
+    url = os.environ.get("CACHETIER_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    import redis
+
+    reason: str | None = None
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, OSError) as exc:
+        reason = type(exc).__name__
+    if reason is not None:
+        # The URL may hold a password: name the variable, not its value.
+        message = (
+            f"no Redis answers at CACHETIER_TEST_REDIS_URL (or its default {DEFAULT_REDIS_URL}): "
+            f"{reason}"
+        )
+        if os.environ.get("CACHETIER_REQUIRE_REDIS") == "1":
+            pytest.fail(message + " [CACHETIER_REQUIRE_REDIS=1 makes this a failure]")
+        pytest.skip(message)
+    return url
+
+
+@pytest_asyncio.fixture
+async def cachetier_redis_cache(_cachetier_redis_url: str) -> AsyncIterator[Cache]:
+    """A `Cache` on the real Redis, in a namespace of its own that is cleared after the test."""
+    from ..backends.redis import RedisBackend
+
+    cache = Cache(RedisBackend.from_url(_cachetier_redis_url), namespace=_namespace())
+    yield cache
+    # Not strict, so a server a test stopped makes this a logged no-op, not an error.
+    await cache.clear()
+    await cache.aclose()
+
+
+@pytest.fixture
+def cachetier_swap() -> Iterator[Swap]:
+    """Returns ``swap(cache, backend=None)``: routes ``cache`` to another backend for the test."""
+    with ExitStack() as stack:
+
+        def swap(cache: Cache, backend: Backend | None = None) -> Backend:
+            return stack.enter_context(
+                cache.use(backend if backend is not None else MemoryBackend())
+            )
+
+        yield swap
