@@ -44,8 +44,6 @@ _FRESH_OFFSET: Final = 12
 _COUNTER: Final = re.compile(rb"-?[0-9]{1,20}")
 _DEFAULT_MAX_VALUE_BYTES: Final = 1024 * 1024
 _SCAN_BATCH: Final = 500
-_LOCK_PREFIX: Final = "cachetier:lock:"
-_READY_PREFIX: Final = "cachetier:ready:"
 _DEFAULT_POLICIES: Final = build_policies()
 
 
@@ -121,6 +119,7 @@ class Cache:
             hooks=tuple(hooks),
             breaker=breaker if breaker is not None else CircuitBreaker(),
             signer=_signer(signing_key),
+            keys=self._keys,
             clock=clock,
         )
 

@@ -287,7 +287,7 @@ class CachedFunction(Generic[P, R]):
             args = (self._bound, *args)  # type: ignore[assignment]  # P of the bound method excludes self
         engine = self._engine
         breaker = engine.breaker
-        if breaker.open_until and breaker.blocked():
+        if breaker.open_until and not engine.strict and breaker.blocked():
             # The backend is known to be down: skip even the key, and call the function as if
             # there were no cache; an outage then costs about a microsecond a call.
             engine.count(

@@ -24,6 +24,7 @@ from typing import Any, Final, final
 from ._breaker import CircuitBreaker
 from ._entry import HEADER_SIZE, MAGIC, EntrySigner, encode_entry
 from ._errors import BackendError, CircuitOpenError, LockTimeout, SerializationError
+from ._keys import KeyBuilder
 from ._log import RateLimitedLog
 from ._policy import FreshnessPolicy, StampedePolicy
 from ._singleflight import SingleFlight
@@ -32,10 +33,9 @@ from ._types import MISSING, Clock, Outcome
 from .backends._protocol import Backend, LockingBackend
 from .serializers import Serializer
 
-__all__ = ("LOCK_PREFIX", "READY_PREFIX", "Engine", "FetchSpec")
+__all__ = ("Engine", "FetchSpec")
 
-LOCK_PREFIX: Final = "cachetier:lock:"
-READY_PREFIX: Final = "cachetier:ready:"
+_FORMAT: Final = 1
 _FRESH: Final = struct.Struct("<d")
 _FRESH_OFFSET: Final = 12
 _DELTA: Final = struct.Struct("<f")
@@ -82,6 +82,7 @@ class Engine:
         "hooks",
         "in_flight",
         "jitter",
+        "keys",
         "max_value_bytes",
         "merge_reads",
         "reads",
@@ -103,6 +104,7 @@ class Engine:
         hooks: tuple[ReadHook, ...],
         breaker: CircuitBreaker,
         signer: EntrySigner | None,
+        keys: KeyBuilder,
         clock: Clock,
     ) -> None:
         self.backend = backend
@@ -110,6 +112,7 @@ class Engine:
         self.set_backend(backend)
         self.breaker = breaker
         self.signer = signer
+        self.keys = keys
         self.serializer = serializer
         self.strict = strict
         self.max_value_bytes = max_value_bytes
@@ -390,7 +393,7 @@ class Engine:
     @staticmethod
     def decode(data: bytes, loads: Callable[[bytes], object], now: float) -> tuple[Outcome, object]:
         """Returns (HIT or STALE, value), or (DECODE_ERROR, the reason as text)."""
-        if len(data) < HEADER_SIZE or data[0] != MAGIC:
+        if len(data) < HEADER_SIZE or data[0] != MAGIC or data[1] != _FORMAT:
             if _COUNTER.fullmatch(data):
                 return Outcome.HIT, int(data)
             return Outcome.DECODE_ERROR, "not a cachetier entry (foreign or corrupt value)"
@@ -399,7 +402,7 @@ class Engine:
             value = loads(data[HEADER_SIZE:])
         except SerializationError as exc:
             return Outcome.DECODE_ERROR, str(exc)
-        if fresh_until and now >= fresh_until:
+        if not (not fresh_until or now < fresh_until):  # as in through(): NaN is never fresh
             return Outcome.STALE, value
         return Outcome.HIT, value
 
@@ -439,10 +442,10 @@ class Engine:
         data = await self.backend.get(full)
         if data is not None and self.signer is not None:
             data = self.signer.open(full, data)
-        if data is None or len(data) < HEADER_SIZE or data[0] != MAGIC:
+        if data is None or len(data) < HEADER_SIZE or data[0] != MAGIC or data[1] != _FORMAT:
             return MISSING
         fresh_until = _FRESH.unpack_from(data, _FRESH_OFFSET)[0]
-        if fresh_until and self.clock() >= fresh_until:
+        if fresh_until and not self.clock() < fresh_until:
             return MISSING
         try:
             return codec.loads(data[HEADER_SIZE:])
@@ -467,18 +470,21 @@ class Engine:
         """
         function_stats = spec.stats
         breaker = self.breaker
-        if breaker.open_until and breaker.blocked():
+        if breaker.open_until and not self.strict and breaker.blocked():
             # The server is known to be down: run the function as if no cache existed, with no
             # single flight, serialization or write, so an outage costs microseconds a call.
             self.count(Outcome.BACKEND_ERROR, full, function_stats)
             result = func(*args, **kwargs)
             return (await result) if inspect.isawaitable(result) else result
+        read_failed = False
         try:
             data = await self.shared_get(full)
         except BackendError as exc:
             self.backend_failed("get", exc)
             self.count(Outcome.BACKEND_ERROR, full, function_stats)
             data = None
+            # The backend just failed us: computing is enough, a write would wait on it again.
+            read_failed = True
         else:
             if data is None:
                 self.count(Outcome.MISS, full, function_stats)
@@ -490,7 +496,7 @@ class Engine:
                 self.count(Outcome.DECODE_ERROR, full, function_stats)
             data = opened
         if data is not None:
-            if len(data) >= HEADER_SIZE and data[0] == MAGIC:
+            if len(data) >= HEADER_SIZE and data[0] == MAGIC and data[1] == _FORMAT:
                 fresh_until = _FRESH.unpack_from(data, _FRESH_OFFSET)[0]
                 now = self.clock()
                 freshness = spec.freshness
@@ -534,7 +540,7 @@ class Engine:
         produce = functools.partial(func, *args, **kwargs)
 
         async def compute() -> Any:
-            return await self.compute(full, produce, spec)
+            return await self.compute(full, produce, spec, write=not read_failed)
 
         if stale is None:
             value, _ = await self.flights.run(full, compute)
@@ -572,8 +578,15 @@ class Engine:
                 "refresh", "background refresh failed, the old value stays: %r", exc
             )
 
-    async def compute(self, full: str, produce: Callable[[], Any], spec: FetchSpec) -> Any:
-        """Computes and stores ``full``, under a cross-process lock when the policy asks for one."""
+    async def compute(
+        self, full: str, produce: Callable[[], Any], spec: FetchSpec, *, write: bool = True
+    ) -> Any:
+        """Computes and stores ``full``, under a cross-process lock when the policy asks for one.
+
+        With ``write=False`` the value is only computed: neither locked nor stored.
+        """
+        if not write:
+            return await self.fetch_and_store(full, produce, spec, write=False)
         backend = self.backend
         if (
             spec.stampede.lock
@@ -583,14 +596,16 @@ class Engine:
             return await self._compute_locked(backend, full, produce, spec)
         return await self.fetch_and_store(full, produce, spec)
 
-    async def fetch_and_store(self, full: str, produce: Callable[[], Any], spec: FetchSpec) -> Any:
+    async def fetch_and_store(
+        self, full: str, produce: Callable[[], Any], spec: FetchSpec, *, write: bool = True
+    ) -> Any:
         """Calls ``produce`` (awaiting what it returns, if awaitable) and stores the result."""
         started = time.perf_counter()
         result = produce()
         if inspect.isawaitable(result):
             result = await result
         delta = time.perf_counter() - started
-        if spec.should_store is None or spec.should_store(result):
+        if write and (spec.should_store is None or spec.should_store(result)):
             await self.store_quietly(full, result, spec, delta)
         return result
 
@@ -598,8 +613,8 @@ class Engine:
         self, backend: LockingBackend, full: str, produce: Callable[[], Any], spec: FetchSpec
     ) -> Any:
         """One process computes; the others wait for its value, woken by a message when it lands."""
-        lock_name = LOCK_PREFIX + full
-        channel = READY_PREFIX + full
+        lock_name = self.keys.lock_key(full)
+        channel = self.keys.ready_channel(full)
         token = secrets.token_hex(16)
         stampede = spec.stampede
 

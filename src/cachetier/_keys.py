@@ -229,6 +229,17 @@ class KeyBuilder:
         """Returns a stored ``key`` as is, or shortened with its digest when over ``max_length``."""
         return key if len(key) <= self._max_length else self._shorten(key)
 
+    def lock_key(self, stored_key: str) -> str:
+        """Returns the key of the lock that guards computing ``stored_key`` (as `full` made it).
+
+        It stays inside this namespace and version, so an ACL user limited to them can lock.
+        """
+        return self._prefix + "__lock__:" + stored_key[len(self._prefix) :]
+
+    def ready_channel(self, stored_key: str) -> str:
+        """Returns the pub/sub channel that announces a value for ``stored_key`` has landed."""
+        return self._prefix + "__ready__:" + stored_key[len(self._prefix) :]
+
     def pattern(self, glob: str) -> str:
         """Returns the Redis glob that matches relative ``glob`` within this namespace and version.
 

@@ -86,7 +86,7 @@ async def test_waiter_takes_over_when_the_holder_died(
 
     full = cache.keys.full(compute.key_for())
     # A holder that took the lock and died: its lock stays until its expiry, and nobody publishes.
-    await raw.set("cachetier:lock:" + full, b"dead-holder-token", px=1000)
+    await raw.set(cache.keys.lock_key(full), b"dead-holder-token", px=1000)
     started = time.monotonic()
     assert await compute() == 7
     elapsed = time.monotonic() - started
@@ -167,13 +167,13 @@ async def test_waiters_are_woken_when_the_value_lands_not_by_polling(
 
 async def test_lock_timeout_raises_when_asked(cache: Cache, raw: redis_asyncio.Redis) -> None:
     full = cache.keys.full("busy")
-    await raw.set("cachetier:lock:" + full, b"someone", px=10_000)
+    await raw.set(cache.keys.lock_key(full), b"someone", px=10_000)
     with pytest.raises(LockTimeout, match="lock_timeout"):
         await cache.get_or_set(
             "busy", lambda: 1, lock=True, lock_timeout=0.3, on_lock_timeout="raise"
         )
     assert await cache.get_or_set("busy", lambda: 2, lock=True, lock_timeout=0.3) == 2
-    await raw.delete("cachetier:lock:" + full)
+    await raw.delete(cache.keys.lock_key(full))
 
 
 async def test_lock_release_survives_a_script_cache_flush(
@@ -183,4 +183,4 @@ async def test_lock_release_survives_a_script_cache_flush(
     assert await cache.get_or_set("a", lambda: 1, lock=True) == 1
     await raw.script_flush()
     assert await cache.get_or_set("b", lambda: 2, lock=True) == 2
-    assert await raw.exists("cachetier:lock:" + cache.keys.full("b")) == 0
+    assert await raw.exists(cache.keys.lock_key(cache.keys.full("b"))) == 0

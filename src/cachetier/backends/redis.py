@@ -60,8 +60,10 @@ class RedisBackend:
     - ``max_connections=256``. When every connection is busy a call fails at once (a miss)
       rather than queueing: redis-py's waiting pool costs about 30 us per command on
       CPython 3.11, a quarter of a whole local GET, on every hit.
-    - ``retries=0``: a failed call fails once, and the `Cache` counts it as a miss; its circuit
-      breaker, not a retry loop, decides when to try the server again.
+    - ``retries=0``: a call that times out is not retried, and the `Cache` counts it as a miss;
+      its circuit breaker, not a retry loop, decides when to try the server again. A
+      connection error is retried once at once (a pooled connection the server closed on a
+      restart fails its first command), or ``retries`` times if that is more.
     - ``health_check_interval=0``: no PING before commands on idle connections.
     - ``client_name="cachetier"``, so the connections are recognisable in ``CLIENT LIST``.
 
@@ -131,8 +133,8 @@ class RedisBackend:
             connect_timeout: Seconds to open a connection, TLS handshake included.
             command_timeout: Seconds to write a command and to read each reply.
             max_connections: Connections the pool may open; past that a call fails at once.
-            retries: Immediate retries after a connection error or timeout; each retry can
-                spend the timeouts again.
+            retries: Immediate retries after a connection error (at least one); timeouts are
+                never retried. Each retry can spend the connect timeout again.
             health_check_interval: Seconds a connection may idle before a PING checks it;
                 ``0`` never checks.
             client_name: Sent with ``CLIENT SETNAME`` on each connection; ``None`` sends none.
@@ -193,7 +195,11 @@ class RedisBackend:
                 max_connections=max_connections,
                 socket_timeout=command_timeout,
                 socket_connect_timeout=connect_timeout,
-                retry=Retry(NoBackoff(), retries),
+                # One retry on a connection error whatever ``retries`` says: after a server
+                # restart every idle pooled connection fails its first command, and without
+                # it a burst of those re-opens the breaker right after a successful probe.
+                # Timeouts are never retried, so a silent server still costs one timeout.
+                retry=Retry(NoBackoff(), max(retries, 1), supported_errors=(RedisConnectionError,)),
                 health_check_interval=health_check_interval,
                 client_name=client_name,
                 **tls,
