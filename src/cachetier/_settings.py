@@ -110,7 +110,11 @@ class CacheSettings(BaseSettings):
         default=0.1, gt=0, allow_inf_nan=False, description="Seconds for one backend command."
     )
     max_connections: int = Field(default=256, ge=1, description="Size of the Redis pool.")
-    retries: int = Field(default=0, ge=0, description="Retries after a Redis connection error (at least one is made).")
+    retries: int = Field(
+        default=0,
+        ge=0,
+        description="Retries after a Redis connection error (at least one is made).",
+    )
     breaker_failures: int = Field(
         default=5, ge=1, description="Consecutive backend failures that open the circuit breaker."
     )
