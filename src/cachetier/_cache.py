@@ -251,6 +251,20 @@ class Cache:
         finally:
             engine.set_backend(previous)
 
+    @contextmanager
+    def bypass(self) -> Iterator[None]:
+        """Skips the cache for reads made inside the block by this task (and tasks it starts).
+
+        Decorated calls and `get_or_set` run their function and store nothing; `get` returns
+        its default. Each such read counts as `Outcome.BYPASSED`. Writes and invalidation
+        still reach the backend. Nesting works; other tasks are not affected.
+        """
+        token = self._engine.bypassing.set(True)
+        try:
+            yield
+        finally:
+            self._engine.bypassing.reset(token)
+
     def _ttl_seconds(self, ttl: TTLLike | None) -> float | None:
         return self._default_ttl if ttl is None else to_seconds(ttl)
 

@@ -9,6 +9,7 @@ encoded, when it is fresh or stale, how concurrent misses merge, and how a failu
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import math
@@ -76,6 +77,7 @@ class Engine:
         "batch",
         "batch_loop",
         "breaker",
+        "bypassing",
         "clock",
         "failures",
         "flights",
@@ -113,6 +115,10 @@ class Engine:
         self.breaker = breaker
         self.signer = signer
         self.keys = keys
+        # True inside `Cache.bypass()` blocks of the current task (and tasks it starts).
+        self.bypassing: contextvars.ContextVar[bool] = contextvars.ContextVar(
+            "cachetier_bypass", default=False
+        )
         self.serializer = serializer
         self.strict = strict
         self.max_value_bytes = max_value_bytes
@@ -408,6 +414,9 @@ class Engine:
 
     async def read(self, full: str, loads: Callable[[bytes], object]) -> tuple[Outcome, object]:
         """Reads and decodes one entry for `Cache.get`; counts the outcome."""
+        if self.bypassing.get():
+            self.count(Outcome.BYPASSED, full)
+            return Outcome.BYPASSED, MISSING
         try:
             data = await self.shared_get(full)
         except BackendError as exc:
@@ -470,6 +479,10 @@ class Engine:
         """
         function_stats = spec.stats
         breaker = self.breaker
+        if self.bypassing.get():
+            self.count(Outcome.BYPASSED, full, function_stats)
+            result = func(*args, **kwargs)
+            return (await result) if inspect.isawaitable(result) else result
         if breaker.open_until and not self.strict and breaker.blocked():
             # The server is known to be down: run the function as if no cache existed, with no
             # single flight, serialization or write, so an outage costs microseconds a call.

@@ -599,3 +599,51 @@ async def test_a_call_the_signature_refuses_raises_type_error_even_when_cached(
         await f(1, 2)  # type: ignore[misc]  # b is keyword-only
     with pytest.raises(TypeError):
         await f(1, c=3)  # type: ignore[call-arg]
+
+
+async def test_bypass_runs_functions_without_reading_or_writing_the_cache(cache: Cache) -> None:
+    runs = Counter()
+
+    @cache.cached()
+    async def value() -> int:
+        runs.calls += 1
+        return runs.calls
+
+    assert await value() == 1
+    with cache.bypass():
+        assert await value() == 2
+        assert await value() == 3
+        assert await cache.get_or_set("k", lambda: "computed") == "computed"
+        assert await cache.get(value.key_for(), "default") == "default"
+
+        async def other_task() -> int:
+            return await value()
+
+        assert await asyncio.create_task(other_task()) == 4  # started inside: bypassed too
+    assert await value() == 1  # the entry written before the block is untouched
+    assert await cache.get("k", MISSING) is MISSING
+    assert value.stats.bypassed == 3
+    assert cache.stats.bypassed == 5
+
+
+async def test_bypass_is_local_to_the_task_that_entered_it(cache: Cache) -> None:
+    @cache.cached()
+    async def value() -> str:
+        return "v"
+
+    await value()
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def bypassing() -> None:
+        with cache.bypass():
+            entered.set()
+            await release.wait()
+
+    task = asyncio.create_task(bypassing())
+    await entered.wait()
+    await value()
+    release.set()
+    await task
+    assert value.stats.hits == 1
+    assert value.stats.bypassed == 0
