@@ -226,14 +226,17 @@ class RedisCache:
         """Stores ``value`` at ``key`` for ``ttl`` seconds (default `CacheConfig.DEFAULT_TTL`).
 
         Returns whether it was stored: ``False`` when Redis is down, the value is over the size
-        limit or caching is off.
+        limit or caching is off (``REDIS_ENABLED=false``).
 
         Raises:
             TypeError: ``key`` is not a ``str``.
             SerializationError: ``value`` cannot be serialized (JSON by default); nothing is
                 stored.
         """
-        return await cls.current().set(key, value, ttl)
+        cache = cls.current()
+        stored = await cache.set(key, value, ttl)
+        # The null backend accepts writes and drops them; the guide's set says nothing was kept.
+        return stored and cache.backend.kind != "null"
 
     @classmethod
     async def delete(cls, key: str) -> bool:
@@ -485,23 +488,25 @@ def cached(
     if callable(ttl) and not isinstance(ttl, int | float | timedelta):
         return cached()(ttl)
 
-    def decorate(func: Callable[P, Awaitable[R]]) -> LazyCachedFunction[P, R]:
-        def bind(cache: Cache) -> CachedFunction[P, R]:
-            return cache.cached(
-                ttl,
-                key=key,
-                key_prefix=key_prefix,
-                exclude=exclude,
-                condition=condition,
-                cache_none=cache_none,
-                typed=typed,
-                **policy,
-            )(func)
+    def decorator_of(cache: Cache) -> Callable[[Callable[P, Awaitable[R]]], CachedFunction[P, R]]:
+        return cache.cached(
+            ttl,
+            key=key,
+            key_prefix=key_prefix,
+            exclude=exclude,
+            condition=condition,
+            cache_none=cache_none,
+            typed=typed,
+            **policy,
+        )
 
-        # A dry run on a cache that stores nothing (constructing one does no I/O) raises every
-        # error Cache.cached would (not async, bad TTL, key template or option) at decoration,
-        # where the guide's decorator is used: at import time.
-        bind(Cache(NullBackend()))
-        return LazyCachedFunction(func, bind)
+    # A dry run on a cache that stores nothing (constructing one does no I/O) raises every
+    # error Cache.cached would, at decoration, where the guide's decorator runs: at import.
+    # This checks the TTL and options now, and the function in `decorate`.
+    check = decorator_of(Cache(NullBackend()))
+
+    def decorate(func: Callable[P, Awaitable[R]]) -> LazyCachedFunction[P, R]:
+        check(func)  # not async def, or a key template or exclude naming no parameter
+        return LazyCachedFunction(func, lambda cache: decorator_of(cache)(func))
 
     return decorate
