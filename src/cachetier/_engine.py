@@ -109,8 +109,6 @@ class Engine:
         keys: KeyBuilder,
         clock: Clock,
     ) -> None:
-        self.backend = backend
-        self.merge_reads = True
         self.set_backend(backend)
         self.breaker = breaker
         self.signer = signer
@@ -140,10 +138,10 @@ class Engine:
 
     def set_backend(self, backend: Backend) -> None:
         """Makes ``backend`` the one every operation uses from now on."""
-        self.backend = backend
+        self.backend: Backend = backend
         # Merging concurrent reads saves round trips; a backend whose calls never wait on I/O
         # (it says so with ``in_process = True``) answers before a second reader can arrive.
-        self.merge_reads = not getattr(backend, "in_process", False)
+        self.merge_reads: bool = not getattr(backend, "in_process", False)
 
     def track(self, task: asyncio.Task[Any]) -> None:
         """Keeps ``task`` until it ends, so `cancel_background` can stop it."""

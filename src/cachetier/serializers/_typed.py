@@ -58,7 +58,7 @@ class TypedSerializer(Generic[T]):
                 return self.adapter.dump_json(value, warnings=False)  # type: ignore[arg-type]  # any value is tried
             assert self._inner is not None  # noqa: S101  # _json is False only with an inner serializer
             return self._inner.dumps(self.adapter.dump_python(value, mode="json", warnings=False))  # type: ignore[arg-type]  # same
-        except PydanticSerializationError as exc:
+        except (PydanticSerializationError, TypeError, ValueError) as exc:
             raise SerializationError(
                 f"cannot serialize a value of type {type(value).__qualname__} as {self._annotation!r}: {exc}"
             ) from exc
