@@ -167,5 +167,8 @@ async def test_merged_reads_return_each_callers_own_value_on_real_redis(
         await asyncio.gather(*(square(i) for i in range(0, 200, 2)))
         results = await asyncio.gather(*(square(i % 200) for i in range(600)))
         assert results == [(i % 200) ** 2 for i in range(600)]
-        assert sorted(runs) == list(range(200))  # each even key once, each odd key once
+        # Every key was computed; a read that missed just before another caller's value landed
+        # may compute once more, which is allowed, so duplicates are not counted.
+        assert set(runs) == set(range(200))
+        assert cache.stats.backend_errors == 0, cache.stats
         await cache.clear()

@@ -1,0 +1,305 @@
+"""The ``cachetier`` command, run as ``python -m cachetier`` in a subprocess against real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cachetier import Cache
+from cachetier.backends import RedisBackend
+
+from ..servers import black_hole, closed_port
+
+PASSWORD = "s3cret-hunter2"
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+@pytest.fixture
+def base_env() -> dict[str, str]:
+    """The test's environment without any cache variable, so the shell's settings never leak in."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name.upper() not in {"REDIS_URL", "REDIS_ENABLED"}
+        and not name.upper().startswith("CACHE_")
+    }
+
+
+@pytest.fixture
+def cli_env(base_env: dict[str, str], redis_url: str, namespace: str) -> dict[str, str]:
+    """Settings pointing the command at the test Redis, in this test's namespace."""
+    return {**base_env, "REDIS_URL": redis_url, "CACHE_NAMESPACE": namespace}
+
+
+@pytest.fixture
+async def cache(redis_url: str, namespace: str) -> AsyncIterator[Cache]:
+    """The cache the command should see: same server, namespace and version."""
+    cache = Cache(RedisBackend.from_url(redis_url), namespace=namespace)
+    yield cache
+    await cache.clear()
+    await cache.aclose()
+
+
+async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> Result:
+    """Runs ``python -m cachetier args...``; ``cwd`` is empty, so no ``.env`` file is read."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cachetier",
+        *args,
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode is not None
+    return Result(process.returncode, stdout.decode(), stderr.decode())
+
+
+# -- help and usage ---------------------------------------------------------------------------
+
+
+async def test_help_describes_every_command_with_examples(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    result = await run_cli("--help", env=base_env, cwd=tmp_path)
+    assert result.code == 0
+    for command in ("health", "keys", "get", "invalidate"):
+        assert f"    {command} " in result.stdout
+    assert "examples:" in result.stdout
+    assert "exit codes:" in result.stdout
+    assert "examples/demo.py" in result.stdout  # says where the demo is, since it is not a command
+
+
+async def test_missing_command_is_a_usage_error(base_env: dict[str, str], tmp_path: Path) -> None:
+    result = await run_cli(env=base_env, cwd=tmp_path)
+    assert result.code == 2
+    assert "usage: cachetier" in result.stderr
+
+
+# -- against the real server ------------------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_health_prints_an_aligned_report(
+    cli_env: dict[str, str], tmp_path: Path, namespace: str
+) -> None:
+    result = await run_cli("health", env=cli_env, cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    rows = dict(line.split(None, 1) for line in result.stdout.splitlines())
+    assert rows["status"] == "healthy"
+    assert rows["backend"] == "redis"
+    assert rows["namespace"] == namespace
+    assert float(rows["latency_ms"]) >= 0
+    # Values start in one column.
+    columns = {
+        line.index(value)
+        for line, value in zip(result.stdout.splitlines(), rows.values(), strict=True)
+    }
+    assert len(columns) == 1
+
+
+@pytest.mark.redis
+async def test_health_json_is_the_report_without_process_counters(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    result = await run_cli("health", "--json", env=cli_env, cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["status"] == "healthy"
+    assert report["available"] is True
+    assert report["server_version"]
+    assert "stats" not in report
+
+
+@pytest.mark.redis
+async def test_keys_lists_relative_keys_of_the_namespace_only(
+    cli_env: dict[str, str], tmp_path: Path, cache: Cache, redis_url: str, namespace: str
+) -> None:
+    await cache.set_many({"user:1": 1, "user:2": 2, "order:1": 3})
+    async with Cache(RedisBackend.from_url(redis_url), namespace=namespace + "x") as other:
+        await other.set("user:3", 3)
+        try:
+            result = await run_cli("keys", "user:*", env=cli_env, cwd=tmp_path)
+        finally:
+            await other.clear()
+    assert result.code == 0, result.stderr
+    assert result.stdout.splitlines() == ["user:1", "user:2"]
+
+
+@pytest.mark.redis
+async def test_keys_stops_at_the_limit_and_says_so(
+    cli_env: dict[str, str], tmp_path: Path, cache: Cache
+) -> None:
+    await cache.set_many({f"item:{n}": n for n in range(5)})
+    result = await run_cli("keys", "*", "--limit", "3", env=cli_env, cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 3
+    assert "stopped after 3 keys" in result.stderr
+
+
+@pytest.mark.redis
+async def test_get_prints_the_value_as_json(
+    cli_env: dict[str, str], tmp_path: Path, cache: Cache
+) -> None:
+    value = {"id": 7, "name": "Zoë", "tags": ["a", "b"], "score": 1.5, "note": None}
+    await cache.set("user:7", value)
+    result = await run_cli("get", "user:7", env=cli_env, cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout) == value
+
+
+@pytest.mark.redis
+async def test_get_of_an_absent_key_exits_1_with_the_reason(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    result = await run_cli("get", "nothing:here", env=cli_env, cwd=tmp_path)
+    assert result.code == 1
+    assert result.stdout == ""
+    assert "no value at 'nothing:here'" in result.stderr
+
+
+@pytest.mark.redis
+async def test_get_of_an_undecodable_entry_exits_1_saying_so(
+    cli_env: dict[str, str], tmp_path: Path, cache: Cache
+) -> None:
+    await cache.backend.set(cache.keys.full("foreign"), b"written by someone else")
+    result = await run_cli("get", "foreign", env=cli_env, cwd=tmp_path)
+    assert result.code == 1
+    assert "could not be decoded" in result.stderr
+
+
+@pytest.mark.redis
+async def test_invalidate_dry_run_lists_and_deletes_nothing(
+    cli_env: dict[str, str], tmp_path: Path, cache: Cache
+) -> None:
+    await cache.set_many({"tasks:pending:1": 1, "tasks:pending:2": 2, "tasks:done:1": 3})
+    result = await run_cli("invalidate", "tasks:pending:*", "--dry-run", env=cli_env, cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert result.stdout.splitlines() == ["tasks:pending:1", "tasks:pending:2"]
+    assert "would delete 2 keys" in result.stderr
+    assert await cache.get_many(["tasks:pending:1", "tasks:pending:2"]) == {
+        "tasks:pending:1": 1,
+        "tasks:pending:2": 2,
+    }
+
+
+@pytest.mark.redis
+async def test_invalidate_deletes_matching_keys_and_prints_the_count(
+    cli_env: dict[str, str], tmp_path: Path, cache: Cache
+) -> None:
+    await cache.set_many({"tasks:pending:1": 1, "tasks:pending:2": 2, "tasks:done:1": 3})
+    result = await run_cli("invalidate", "tasks:pending:*", env=cli_env, cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert result.stdout.strip() == "deleted 2 keys"
+    assert await cache.get_many(["tasks:pending:1", "tasks:pending:2", "tasks:done:1"]) == {
+        "tasks:done:1": 3
+    }
+
+
+@pytest.mark.redis
+async def test_namespace_and_version_options_override_the_settings(
+    cli_env: dict[str, str], tmp_path: Path, redis_url: str, namespace: str
+) -> None:
+    async with Cache(RedisBackend.from_url(redis_url), namespace=namespace, version="v9") as cache:
+        await cache.set("k", "v9 value")
+        try:
+            env = {**cli_env, "CACHE_NAMESPACE": "elsewhere"}
+            found = await run_cli(
+                "--namespace", namespace, "--key-version", "v9", "get", "k", env=env, cwd=tmp_path
+            )
+            default_version = await run_cli(
+                "--namespace", namespace, "get", "k", env=env, cwd=tmp_path
+            )
+        finally:
+            await cache.clear()
+    assert found.code == 0, found.stderr
+    assert json.loads(found.stdout) == "v9 value"
+    assert default_version.code == 1
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+async def test_malformed_redis_url_exits_2_naming_the_variable_without_the_password(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**base_env, "REDIS_URL": f"http://user:{PASSWORD}@cache.internal:6379/0"}
+    commands = (["health"], ["get", "k"], ["keys", "*"])
+    results = await asyncio.gather(*(run_cli(*c, env=env, cwd=tmp_path) for c in commands))
+    for command, result in zip(commands, results, strict=True):
+        assert result.code == 2, command
+        assert result.stderr.startswith("cachetier: REDIS_URL: ")
+        assert len(result.stderr.splitlines()) == 1
+        assert PASSWORD not in result.output
+
+
+async def test_unreachable_redis_health_is_unhealthy_and_reads_exit_3(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**base_env, "REDIS_URL": f"redis://:{PASSWORD}@127.0.0.1:{closed_port()}/0"}
+
+    health = await run_cli("--verbose", "health", "--json", env=env, cwd=tmp_path)
+    assert health.code == 2
+    assert "backend=redis" in health.stderr  # --verbose logs the backend choice
+    report = json.loads(health.stdout)
+    assert report["status"] == "unhealthy"
+    assert report["available"] is False
+    assert report["error"]
+
+    commands = (["get", "k"], ["keys", "*"], ["invalidate", "*"])
+    results = await asyncio.gather(*(run_cli(*c, env=env, cwd=tmp_path) for c in commands))
+    for command, result in zip(commands, results, strict=True):
+        assert result.code == 3, command
+        assert result.stdout == ""
+        assert result.stderr.startswith("cachetier: ")
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert PASSWORD not in result.output
+    assert PASSWORD not in health.output
+
+
+async def test_server_that_never_answers_fails_within_the_timeouts(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    async with black_hole() as port:
+        env = {**base_env, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+        health, get = await asyncio.gather(
+            run_cli("health", env=env, cwd=tmp_path), run_cli("get", "k", env=env, cwd=tmp_path)
+        )
+    assert health.code == 2
+    assert "unhealthy" in health.stdout
+    assert get.code == 3
+    assert "timed out" in get.stderr
+
+
+async def test_commands_that_need_redis_refuse_the_process_local_backend(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    result = await run_cli("keys", "*", env=base_env, cwd=tmp_path)
+    assert result.code == 2
+    assert "REDIS_URL is not set" in result.stderr
+
+
+async def test_health_of_disabled_caching_exits_0(base_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**base_env, "REDIS_ENABLED": "false"}
+    result = await run_cli("health", "--json", env=env, cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["status"] == "disabled"
