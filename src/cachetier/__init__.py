@@ -10,6 +10,7 @@ from ._errors import (
     CacheError,
     CircuitOpenError,
     ConfigurationError,
+    CounterError,
     LockTimeout,
     SerializationError,
 )
@@ -34,6 +35,7 @@ __all__ = (
     "CircuitBreaker",
     "CircuitOpenError",
     "ConfigurationError",
+    "CounterError",
     "HealthReport",
     "KeyBuilder",
     "LockTimeout",

@@ -454,7 +454,8 @@ class Cache:
 
         Raises:
             TypeError: ``key`` is not a ``str`` or ``amount`` not an ``int``.
-            BackendError: the backend failed, or the value at ``key`` is not an integer.
+            CounterError: the value at ``key`` is not a 64-bit integer, or would overflow.
+            BackendError: the backend failed.
         """
         if not isinstance(amount, int) or isinstance(amount, bool):
             raise TypeError(f"amount must be an int, not {type(amount).__name__}")

@@ -24,7 +24,13 @@ from typing import Any, Final, final
 
 from ._breaker import CircuitBreaker
 from ._entry import HEADER_SIZE, MAGIC, EntrySigner, encode_entry
-from ._errors import BackendError, CircuitOpenError, LockTimeout, SerializationError
+from ._errors import (
+    BackendError,
+    CircuitOpenError,
+    CounterError,
+    LockTimeout,
+    SerializationError,
+)
 from ._keys import KeyBuilder
 from ._log import RateLimitedLog
 from ._policy import FreshnessPolicy, StampedePolicy
@@ -194,7 +200,7 @@ class Engine:
 
         A call the breaker skipped (`CircuitOpenError`) is not a new failure.
         """
-        if not isinstance(exc, CircuitOpenError):
+        if not isinstance(exc, CircuitOpenError | CounterError):
             self.breaker.failed()
         if self.strict or always_raise:
             raise exc

@@ -4,7 +4,8 @@ The tree::
 
     CacheError
     ├── BackendError          a backend was unreachable, timed out or failed
-    │   └── CircuitOpenError  the call was not made: the circuit breaker is open
+    │   ├── CircuitOpenError  the call was not made: the circuit breaker is open
+    │   └── CounterError      incr found no 64-bit integer at the key, or would overflow (also ValueError)
     ├── SerializationError    a value could not be encoded, or stored bytes decoded  (also ValueError)
     ├── ConfigurationError    a setting or argument is invalid                        (also ValueError)
     └── LockTimeout           a distributed lock was not obtained in time            (also TimeoutError)
@@ -20,6 +21,7 @@ __all__ = (
     "CacheError",
     "CircuitOpenError",
     "ConfigurationError",
+    "CounterError",
     "LockTimeout",
     "SerializationError",
 )
@@ -39,6 +41,14 @@ class BackendError(CacheError):
 
 class CircuitOpenError(BackendError):
     """Raised (to strict caches) when a call was skipped because the circuit breaker is open."""
+
+
+class CounterError(BackendError, ValueError):
+    """Raised by ``incr`` when the value at the key is not a 64-bit integer, or would overflow.
+
+    The backend answered: this is a caller's mistake, not an outage, so it never counts
+    against the circuit breaker.
+    """
 
 
 class SerializationError(CacheError, ValueError):

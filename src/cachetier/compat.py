@@ -46,7 +46,7 @@ from typing_extensions import Self, Unpack
 
 from ._cache import Cache
 from ._cached import CachedFunction
-from ._errors import BackendError
+from ._errors import BackendError, CounterError
 from ._log import LOGGER
 from ._policy import PolicyOptions
 from ._settings import CacheSettings
@@ -346,11 +346,7 @@ class RedisCache:
 
 def _not_a_counter(exc: BackendError) -> bool:
     """Tells a counter holding something else, or overflowing (a caller's bug), from an outage."""
-    # The backends word these "... is not an integer", "... is not a 64-bit integer", "... would
-    # overflow a (signed) 64-bit integer" and "... out of the signed 64-bit range". Matching the
-    # text is a stopgap until the core raises a distinct BackendError subclass for them.
-    message = str(exc)
-    return "integer" in message or "64-bit" in message
+    return isinstance(exc, CounterError)
 
 
 @final

@@ -653,3 +653,17 @@ async def test_health_check_probes_through_an_open_breaker_and_closes_it(
     spy.calls.clear()
     await cache.get("k")
     assert spy.calls == ["get"]
+
+
+async def test_incr_of_a_non_counter_raises_counter_error_and_spares_the_breaker(
+    cache: Cache, spy: SpyBackend
+) -> None:
+    from cachetier import CounterError
+
+    await cache.set("k", "text")
+    for _ in range(10):
+        with pytest.raises(CounterError, match="'app:v1:k'"):
+            await cache.incr("k")
+    spy.calls.clear()
+    assert await cache.get("k") == "text"  # ten caller mistakes did not open the breaker
+    assert spy.calls == ["get"]

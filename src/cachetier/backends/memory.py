@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Final, TypeAlias, final
 
-from .._errors import BackendError, ConfigurationError
+from .._errors import BackendError, ConfigurationError, CounterError
 from .._glob import compile_glob
 from .._types import Clock
 
@@ -327,13 +327,13 @@ class MemoryBackend:
         else:
             raw, expires_at = entry
             if _CANONICAL_INT.fullmatch(raw) is None:
-                raise BackendError(f"the value at key {key!r} is not an integer")
+                raise CounterError(f"the value at key {key!r} is not an integer")
             current = int(raw)
             if not _INT64_MIN <= current <= _INT64_MAX:
-                raise BackendError(f"the value at key {key!r} is out of the signed 64-bit range")
+                raise CounterError(f"the value at key {key!r} is out of the signed 64-bit range")
         result = current + amount
         if not _INT64_MIN <= result <= _INT64_MAX:
-            raise BackendError(
+            raise CounterError(
                 f"incrementing key {key!r} by {amount} would overflow a signed 64-bit integer"
             )
         encoded = str(result).encode("ascii")

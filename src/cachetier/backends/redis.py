@@ -18,7 +18,7 @@ from redis.exceptions import AuthenticationError, MaxConnectionsError, RedisErro
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._errors import BackendError, ConfigurationError
+from .._errors import BackendError, ConfigurationError, CounterError
 from .._redact import redact_url
 from ._protocol import Notifications
 from ._scripts import RELEASE_LOCK
@@ -325,8 +325,9 @@ class RedisBackend:
         existing key keeps its expiry.
 
         Raises:
-            BackendError: the value at ``key`` is not a 64-bit integer, the result would
-                overflow, or the server failed.
+            CounterError: the value at ``key`` is not a 64-bit integer, or the result would
+                overflow.
+            BackendError: the server failed.
         """
         try:
             if ttl is None:
@@ -338,11 +339,11 @@ class RedisBackend:
         except ResponseError as exc:
             message = str(exc)
             if "not an integer" in message:
-                raise BackendError(
+                raise CounterError(
                     f"INCRBY failed: the value at key {key!r} is not a 64-bit integer"
                 ) from exc
             if "overflow" in message:
-                raise BackendError(
+                raise CounterError(
                     f"INCRBY failed: adding {amount} to the value at key {key!r} would overflow "
                     "a 64-bit integer"
                 ) from exc
