@@ -175,9 +175,11 @@ class _KeyPlan:
         if self._template is not None or not self._key_slots:
             return self._keys.full(self.relative(args, kwargs))
         values = self._bind(args, kwargs)
-        key = self._stored_prefix + ":".join(
-            [name + _encode_part(values[i]) for i, name in self._key_slots]
-        )
+        slots = self._key_slots
+        if len(slots) == 1:  # the common one-argument function: no list, no join
+            index, name = slots[0]
+            return self._keys.fit(self._stored_prefix + name + _encode_part(values[index]))
+        key = self._stored_prefix + ":".join([name + _encode_part(values[i]) for i, name in slots])
         return self._keys.fit(key)
 
     def _bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Sequence[Any]:
@@ -398,17 +400,19 @@ def _plain_json_type(annotation: Any) -> type | tuple[type, ...] | None:
 class _CheckedSerializer:
     """Decodes with ``inner`` and refuses a value whose top-level type is not the declared one."""
 
-    __slots__ = ("_expected", "_inner")
+    __slots__ = ("_expected", "_inner", "_loads")
 
     def __init__(self, inner: Serializer, expected: type | tuple[type, ...]) -> None:
         self._inner = inner
         self._expected = expected
+        # Bound once: this runs on every hit of a decorated function.
+        self._loads = inner.loads
 
     def dumps(self, value: object) -> bytes:
         return self._inner.dumps(value)
 
     def loads(self, data: bytes) -> object:
-        value = self._inner.loads(data)
+        value = self._loads(data)
         if not isinstance(value, self._expected) or (
             isinstance(value, bool) and self._expected is int
         ):
