@@ -283,8 +283,10 @@ class RedisCache:
             return None
         try:
             return await cache.incr(key, amount, ttl)
-        except BackendError as exc:
-            if cache.strict or _not_a_counter(exc):
+        except CounterError:
+            raise  # the key holds something else: a caller's mistake, not an outage
+        except BackendError:
+            if cache.strict:
                 raise
             return None
 
@@ -342,11 +344,6 @@ class RedisCache:
         """
         report = await cls.current().health_check()
         return report.to_dict()
-
-
-def _not_a_counter(exc: BackendError) -> bool:
-    """Tells a counter holding something else, or overflowing (a caller's bug), from an outage."""
-    return isinstance(exc, CounterError)
 
 
 @final
