@@ -24,20 +24,30 @@ or a decorated function (anything with a ``stats`` property).
 
 from __future__ import annotations
 
+import inspect
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Final, Protocol
+from typing import Any, Final, NoReturn, Protocol, TypeVar, cast
 
 import pytest
-import pytest_asyncio
 
 from .._cache import Cache
 from .._stats import CacheStats
 from ..backends._protocol import Backend
 from ..backends.memory import MemoryBackend
 from ._clock import FakeClock
+
+# This module is loaded into every pytest run where cachetier is installed: it must never break
+# a run that uses another async plugin (anyio) or none, so pytest-asyncio is optional here.
+_asyncio_fixture: Callable[..., Any] | None
+try:
+    from pytest_asyncio import fixture as _pytest_asyncio_fixture
+except ImportError:  # pragma: no cover - depends on the user's environment
+    _asyncio_fixture = None
+else:
+    _asyncio_fixture = _pytest_asyncio_fixture
 
 __all__ = (
     "HasStats",
@@ -50,6 +60,29 @@ __all__ = (
     "cachetier_swap",
     "expect_reads",
 )
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_NEEDS_PYTEST_ASYNCIO: Final = (
+    "cachetier's async cache fixtures need pytest-asyncio (pip install pytest-asyncio)"
+)
+
+
+def _async_fixture(func: F) -> F:
+    """Registers an async fixture with pytest-asyncio, or one that skips when it is missing."""
+    if _asyncio_fixture is not None:
+        return cast("F", _asyncio_fixture(func))
+
+    def unavailable(*args: object, **kwargs: object) -> NoReturn:
+        pytest.skip(_NEEDS_PYTEST_ASYNCIO)
+
+    # Same name, arguments and doc, but not __wrapped__: pytest must see a plain function.
+    unavailable.__name__ = unavailable.__qualname__ = func.__name__
+    unavailable.__doc__ = func.__doc__
+    unavailable.__signature__ = inspect.signature(func)  # type: ignore[attr-defined]  # read by pytest
+
+    return cast("F", pytest.fixture(unavailable))  # same name and arguments, so same fixture
+
 
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/15"
 """The server ``cachetier_redis_cache`` uses when ``CACHETIER_TEST_REDIS_URL`` is not set."""
@@ -154,7 +187,7 @@ def cachetier_clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest_asyncio.fixture
+@_async_fixture
 async def cachetier_memory_cache(cachetier_clock: FakeClock) -> AsyncIterator[Cache]:
     """A `Cache` on a fresh `MemoryBackend`, both on ``cachetier_clock``."""
     cache = Cache(
@@ -164,7 +197,7 @@ async def cachetier_memory_cache(cachetier_clock: FakeClock) -> AsyncIterator[Ca
     await cache.aclose()
 
 
-@pytest_asyncio.fixture
+@_async_fixture
 async def cachetier_fakeredis_cache() -> AsyncIterator[Cache]:
     """A `Cache` on fakeredis with a server of its own; skipped when fakeredis is missing."""
     fakeredis = pytest.importorskip(
@@ -205,7 +238,7 @@ def _cachetier_redis_url() -> str:
     return url
 
 
-@pytest_asyncio.fixture
+@_async_fixture
 async def cachetier_redis_cache(_cachetier_redis_url: str) -> AsyncIterator[Cache]:
     """A `Cache` on the real Redis, in a namespace of its own that is cleared after the test."""
     from ..backends.redis import RedisBackend
