@@ -20,6 +20,7 @@ import struct
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from time import perf_counter_ns
 from typing import Any, Final, final
 
 from ._breaker import CircuitBreaker
@@ -244,6 +245,7 @@ class Engine:
 
     async def write(self, full: str, data: bytes, seconds: float | None) -> bool:
         """Stores encoded ``data`` for ``seconds``; returns ``False`` when the backend failed open."""
+        started = perf_counter_ns() if self.merge_reads else 0
         try:
             self.gate("SET")
             await self.backend.set(full, data, seconds)
@@ -253,6 +255,8 @@ class Engine:
         except BaseException:
             self.breaker.abandoned()
             raise
+        if started:
+            self.stats.latency.record(perf_counter_ns() - started)
         self.succeeded()
         self.stats.sets += 1
         return True
@@ -421,12 +425,15 @@ class Engine:
         if self.bypassing.get():
             self.count(Outcome.BYPASSED, full)
             return Outcome.BYPASSED, MISSING
+        started = perf_counter_ns() if self.merge_reads else 0
         try:
             data = await self.shared_get(full)
         except BackendError as exc:
             self.backend_failed("get", exc)
             self.count(Outcome.BACKEND_ERROR, full)
             return Outcome.BACKEND_ERROR, MISSING
+        if started:
+            self.stats.latency.record(perf_counter_ns() - started)
         if data is None:
             self.count(Outcome.MISS, full)
             return Outcome.MISS, MISSING
@@ -494,6 +501,8 @@ class Engine:
             result = func(*args, **kwargs)
             return (await result) if inspect.isawaitable(result) else result
         read_failed = False
+        # Latency is measured for backends that do I/O; an in-process one would only pay for it.
+        started = perf_counter_ns() if self.merge_reads else 0
         try:
             data = await self.shared_get(full)
         except BackendError as exc:
@@ -503,6 +512,11 @@ class Engine:
             # The backend just failed us: computing is enough, a write would wait on it again.
             read_failed = True
         else:
+            if started:
+                waited = perf_counter_ns() - started
+                self.stats.latency.record(waited)
+                if function_stats is not None:
+                    function_stats.latency.record(waited)
             if data is None:
                 self.count(Outcome.MISS, full, function_stats)
         stale: bytes | None = None

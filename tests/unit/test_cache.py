@@ -667,3 +667,45 @@ async def test_incr_of_a_non_counter_raises_counter_error_and_spares_the_breaker
     spy.calls.clear()
     assert await cache.get("k") == "text"  # ten caller mistakes did not open the breaker
     assert spy.calls == ["get"]
+
+
+async def test_stats_report_backend_latency_percentiles(cache: Cache) -> None:
+    """The spy backend does not declare itself in-process, so its calls are timed."""
+    assert cache.stats.latency_p50_ms is None
+    await cache.set("k", 1)
+
+    @cache.cached()
+    async def value() -> int:
+        return 1
+
+    for _ in range(20):
+        await cache.get("k")
+        await value()
+    stats = cache.stats
+    assert stats.backend_calls == 20 + 20 + 2  # gets, decorated reads, and the two writes
+    assert stats.latency_p50_ms is not None
+    assert stats.latency_p99_ms is not None
+    assert 0 < stats.latency_p50_ms <= stats.latency_p95_ms <= stats.latency_p99_ms < 1000  # type: ignore[operator]
+    assert value.stats.backend_calls == 20
+    assert value.stats.latency_p99_ms is not None
+
+
+def test_latency_percentiles_are_within_a_quarter_of_the_truth() -> None:
+    from cachetier._stats import LatencyHistogram
+
+    histogram = LatencyHistogram()
+    durations = [1_000 * i for i in range(1, 10_001)]  # 1 us to 10 ms, evenly
+    for duration in durations:
+        histogram.record(duration)
+    for q in (0.5, 0.95, 0.99):
+        truth = durations[int(q * len(durations)) - 1] / 1e6
+        estimate = histogram.quantile(q)
+        assert estimate is not None
+        assert truth <= estimate <= truth * 1.25, (q, truth, estimate)
+
+
+async def test_in_process_backends_are_not_timed(clock: FakeClock) -> None:
+    cache = Cache(MemoryBackend(clock=clock), clock=clock)
+    await cache.set("k", 1)
+    await cache.get("k")
+    assert (cache.stats.backend_calls, cache.stats.latency_p50_ms) == (0, None)
