@@ -15,7 +15,6 @@ import inspect
 import math
 import random
 import re
-import secrets
 import struct
 import time
 from collections.abc import Callable, Mapping
@@ -29,12 +28,13 @@ from ._errors import (
     BackendError,
     CircuitOpenError,
     CounterError,
-    LockTimeout,
     SerializationError,
 )
 from ._keys import KeyBuilder
+from ._locking import compute_locked
 from ._log import RateLimitedLog
 from ._policy import FreshnessPolicy, StampedePolicy
+from ._reads import SharedReads
 from ._singleflight import SingleFlight
 from ._stats import ReadEvent, ReadHook, StatsRecorder
 from ._types import MISSING, Clock, Outcome
@@ -71,31 +71,24 @@ class FetchSpec:
     should_store: Callable[[Any], bool] | None = None
 
 
-class _ReadAbandoned(Exception):
-    """Tells the followers of a shared read that its leader was cancelled."""
-
-
 @final
 class Engine:
     """State and rules shared by every operation of one `Cache`; private to the package."""
 
     __slots__ = (
         "backend",
-        "batch",
-        "batch_loop",
         "breaker",
         "bypassing",
         "clock",
         "failures",
         "flights",
         "hooks",
-        "in_flight",
         "jitter",
         "keys",
         "max_value_bytes",
         "merge_reads",
-        "reads",
         "serializer",
+        "shared",
         "signer",
         "stats",
         "strict",
@@ -134,12 +127,7 @@ class Engine:
         self.failures = RateLimitedLog()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.flights: SingleFlight[Any] = SingleFlight(on_start=self.track)
-        # Reads to the backend under way, and the keys queued to go out together as one MGET.
-        self.in_flight = 0
-        self.batch: list[str] | None = None
-        self.batch_loop: asyncio.AbstractEventLoop | None = None
-        # Key -> the event loop of its one reader, or the futures of readers waiting for it.
-        self.reads: dict[str, asyncio.AbstractEventLoop | list[asyncio.Future[bytes | None]]] = {}
+        self.shared = SharedReads(self)
 
     # -- bookkeeping --------------------------------------------------------------------------
 
@@ -277,123 +265,6 @@ class Engine:
 
     # -- reading ------------------------------------------------------------------------------
 
-    async def shared_get(self, full: str) -> bytes | None:
-        """GETs ``full``, merging concurrent reads into as few round trips as possible.
-
-        Two merges, both invisible to callers. Readers of a key that is already being read
-        wait for that answer instead of sending another GET: a burst on a hot key costs one
-        round trip. And a read that starts while other reads are in flight joins a batch that
-        goes out as one MGET at the end of the event loop's turn: a burst over many keys costs
-        two round trips instead of one per key (and one connection each). A read with nothing
-        else in flight goes out at once, so a lone hit pays neither merge, only three dict
-        operations. Each waiter waits on a future of its own, so its cancellation cancels
-        nothing else.
-        """
-        if not self.merge_reads:
-            self.gate("GET")
-            data = await self.backend.get(full)
-            if self.breaker.failures:
-                self.breaker.succeeded()
-            return data
-        loop = asyncio.get_running_loop()
-        reads = self.reads
-        waiting = reads.get(full)
-        if waiting is not None:
-            if waiting is loop:
-                waiting = reads[full] = []
-            if isinstance(waiting, list):
-                return await self._wait_for(waiting, full, loop)
-            # Otherwise another event loop reads this key: read without merging.
-        self.gate("GET")
-        if waiting is None and self.in_flight and self.batch_loop in (None, loop):
-            batch = self.batch
-            if batch is None:
-                batch = self.batch = []
-                self.batch_loop = loop
-                loop.call_soon(self._send_batch)
-            batch.append(full)
-            waiting = reads[full] = []
-            return await self._wait_for(waiting, full, loop)
-        owner = waiting is None
-        if owner:
-            reads[full] = loop
-        self.in_flight += 1
-        try:
-            data = await self.backend.get(full)
-        except BaseException as exc:
-            if not isinstance(exc, BackendError):
-                self.breaker.abandoned()
-            if owner:
-                self._answer(reads.pop(full, None), None, exc)
-            raise
-        finally:
-            self.in_flight -= 1
-        if owner:
-            waiters = reads.pop(full, None)
-            if waiters is not loop:
-                self._answer(waiters, data, None)
-        breaker = self.breaker
-        if breaker.failures or breaker.open_until:
-            breaker.succeeded()
-        return data
-
-    async def _wait_for(
-        self,
-        waiting: list[asyncio.Future[bytes | None]],
-        full: str,
-        loop: asyncio.AbstractEventLoop,
-    ) -> bytes | None:
-        future: asyncio.Future[bytes | None] = loop.create_future()
-        waiting.append(future)
-        try:
-            return await future
-        except _ReadAbandoned:
-            # The read this one waited for was cancelled before its answer came: read alone.
-            self.gate("GET")
-            return await self.backend.get(full)
-
-    def _send_batch(self) -> None:
-        """Sends the reads that queued during this turn of the event loop as one MGET."""
-        keys, self.batch, loop, self.batch_loop = self.batch, None, self.batch_loop, None
-        if keys and loop is not None:
-            self.track(loop.create_task(self._read_batch(keys)))
-
-    async def _read_batch(self, keys: list[str]) -> None:
-        reads = self.reads
-        self.in_flight += 1
-        try:
-            values = await self.backend.get_many(keys)
-        except BaseException as exc:
-            # Each waiter's caller counts the failure for the breaker and logs it.
-            for key in keys:
-                self._answer(reads.pop(key, None), None, exc)
-            if not isinstance(exc, (BackendError, asyncio.CancelledError)):
-                raise
-            return
-        finally:
-            self.in_flight -= 1
-        for key, data in zip(keys, values, strict=True):
-            self._answer(reads.pop(key, None), data, None)
-        if self.breaker.failures or self.breaker.open_until:
-            self.breaker.succeeded()
-
-    @staticmethod
-    def _answer(waiters: object, data: bytes | None, exc: BaseException | None) -> None:
-        """Hands the first reader's answer (or failure) to the readers that waited for it."""
-        if not isinstance(waiters, list):
-            return
-        failure = (
-            None if exc is None else exc if isinstance(exc, BackendError) else _ReadAbandoned()
-        )
-        for future in waiters:
-            if future.done():
-                continue  # that reader was cancelled
-            if failure is None:
-                future.set_result(data)
-            else:
-                future.set_exception(failure)
-                future.exception()  # retrieved: its reader may be gone
-
     def unseal(self, full: str, data: bytes) -> bytes:
         """Returns ``data`` with its signature checked and removed (``b""`` if it fails).
 
@@ -427,7 +298,7 @@ class Engine:
             return Outcome.BYPASSED, MISSING
         started = perf_counter_ns() if self.merge_reads else 0
         try:
-            data = await self.shared_get(full)
+            data = await self.shared.get(full)
         except BackendError as exc:
             self.backend_failed("get", exc)
             self.count(Outcome.BACKEND_ERROR, full)
@@ -504,7 +375,7 @@ class Engine:
         # Latency is measured for backends that do I/O; an in-process one would only pay for it.
         started = perf_counter_ns() if self.merge_reads else 0
         try:
-            data = await self.shared_get(full)
+            data = await self.shared.get(full)
         except BackendError as exc:
             self.backend_failed("get", exc)
             self.count(Outcome.BACKEND_ERROR, full, function_stats)
@@ -624,7 +495,7 @@ class Engine:
             and isinstance(backend, LockingBackend)
             and not self.breaker.open_until
         ):
-            return await self._compute_locked(backend, full, produce, spec)
+            return await compute_locked(self, backend, full, produce, spec)
         return await self.fetch_and_store(full, produce, spec)
 
     async def fetch_and_store(
@@ -639,65 +510,6 @@ class Engine:
         if write and (spec.should_store is None or spec.should_store(result)):
             await self.store_quietly(full, result, spec, delta)
         return result
-
-    async def _compute_locked(
-        self, backend: LockingBackend, full: str, produce: Callable[[], Any], spec: FetchSpec
-    ) -> Any:
-        """One process computes; the others wait for its value, woken by a message when it lands."""
-        lock_name = self.keys.lock_key(full)
-        channel = self.keys.ready_channel(full)
-        token = secrets.token_hex(16)
-        stampede = spec.stampede
-
-        async def holding() -> Any:
-            try:
-                # The value may have landed between our miss and taking the lock.
-                found = await self.peek(full, spec.codec)
-                if found is not MISSING:
-                    return found
-                return await self.fetch_and_store(full, produce, spec)
-            finally:
-                # Release before waking the waiters, so that after a failed fetch one of them can
-                # take the lock at once instead of waiting for it to expire.
-                try:
-                    await backend.release_lock(lock_name, token)
-                    await backend.publish(channel)
-                except BackendError as exc:
-                    self.backend_failed("release_lock", exc)
-
-        try:
-            if await backend.acquire_lock(lock_name, token, stampede.lock_ttl):
-                return await holding()
-            self.stats.lock_waits += 1
-            if spec.stats is not None:
-                spec.stats.lock_waits += 1
-            deadline = time.monotonic() + stampede.lock_timeout
-            # A holder that died never publishes: re-check at least this often, and take the
-            # lock once it has expired.
-            recheck = max(stampede.lock_ttl / 4, 0.01)
-            async with backend.subscribe(channel) as notifications:
-                # Subscribed first, then looked: a value that landed before we subscribed is seen.
-                found = await self.peek(full, spec.codec)
-                if found is not MISSING:
-                    return found
-                while (remaining := deadline - time.monotonic()) > 0:
-                    await notifications.wait(min(remaining, recheck))
-                    found = await self.peek(full, spec.codec)
-                    if found is not MISSING:
-                        return found
-                    if await backend.acquire_lock(lock_name, token, stampede.lock_ttl):
-                        break
-                else:
-                    if stampede.on_timeout == "raise":
-                        raise LockTimeout(
-                            f"no value for {full} within lock_timeout={stampede.lock_timeout} s "
-                            "while another process held its lock"
-                        )
-                    return await self.fetch_and_store(full, produce, spec)
-        except BackendError as exc:
-            self.backend_failed("lock", exc)
-            return await self.fetch_and_store(full, produce, spec)
-        return await holding()
 
 
 def _xfetch_due(now: float, fresh_until: float, delta: float, beta: float) -> bool:
