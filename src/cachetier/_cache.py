@@ -19,14 +19,14 @@ from ._cached import CachedFunction
 from ._engine import Engine, FetchSpec
 from ._entry import EntrySigner
 from ._errors import BackendError, ConfigurationError
-from ._health import HealthReport, HealthStatus
+from ._health import HealthReport, check_health
 from ._keys import KeyBuilder
 from ._log import LOGGER
 from ._policy import PolicyOptions, build_policies
 from ._stats import CacheStats, ReadHook
 from ._ttl import TTL, TTLLike, to_seconds
 from ._types import Clock, Outcome
-from .backends._protocol import Backend, ServerInfoBackend
+from .backends._protocol import Backend
 from .serializers import JsonSerializer, Serializer
 
 if TYPE_CHECKING:
@@ -630,46 +630,8 @@ class Cache:
         the breaker: a health check can close it. Never raises for a backend failure; the
         report carries a redacted ``error``.
         """
-        engine = self._engine
-        backend = engine.backend
-        base: dict[str, Any] = {
-            "backend": backend.kind,
-            "namespace": self._keys.namespace,
-            "version": self._keys.version,
-            "stats": self._engine.stats.snapshot(),
-        }
-        if backend.kind == "null":
-            return HealthReport(status="disabled", available=False, latency_ms=None, **base)
-        started = time.perf_counter()
-        try:
-            await backend.ping()
-            latency_ms = round((time.perf_counter() - started) * 1000, 3)
-            info: dict[str, Any] = {}
-            if isinstance(backend, ServerInfoBackend):
-                info = dict(await backend.server_info())
-        except BackendError as exc:
-            engine.breaker.failed()
-            return HealthReport(
-                status="unhealthy",
-                available=False,
-                latency_ms=None,
-                error=str(exc),
-                breaker=engine.breaker.state,
-                **base,
-            )
-        engine.succeeded()
-        status: HealthStatus = "degraded" if latency_ms > degraded_after_ms else "healthy"
-        return HealthReport(
-            status=status,
-            available=True,
-            latency_ms=latency_ms,
-            uptime_seconds=_int_or_none(info.get("uptime_seconds")),
-            used_memory_mb=_float_or_none(info.get("used_memory_mb")),
-            connected_clients=_int_or_none(info.get("connected_clients")),
-            ops_per_sec=_int_or_none(info.get("ops_per_sec")),
-            server_version=str(info["redis_version"]) if "redis_version" in info else None,
-            breaker=engine.breaker.state,
-            **base,
+        return await check_health(
+            self._engine, self._keys.namespace, self._keys.version, degraded_after_ms
         )
 
 
@@ -679,11 +641,3 @@ def _signer(key: bytes | str | SecretStr | None) -> EntrySigner | None:
     if isinstance(key, SecretStr):
         key = key.get_secret_value()
     return EntrySigner(key.encode() if isinstance(key, str) else bytes(key))
-
-
-def _int_or_none(value: object) -> int | None:
-    return int(value) if isinstance(value, int | float | str) and str(value).strip() else None
-
-
-def _float_or_none(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float | str) and str(value).strip() else None

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from ._errors import BackendError
 from ._stats import CacheStats
+from .backends._protocol import ServerInfoBackend
 
-__all__ = ("HealthReport", "HealthStatus")
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+__all__ = ("HealthReport", "HealthStatus", "check_health")
 
 HealthStatus = Literal["healthy", "degraded", "unhealthy", "disabled"]
 
@@ -49,3 +55,57 @@ class HealthReport:
         if name not in self.__dataclass_fields__:
             raise KeyError(name)
         return getattr(self, name)
+
+
+async def check_health(
+    engine: Engine, namespace: str, version: str, degraded_after_ms: float
+) -> HealthReport:
+    """Returns the report `Cache.health_check` describes; never raises for a backend failure."""
+    backend = engine.backend
+    base: dict[str, Any] = {
+        "backend": backend.kind,
+        "namespace": namespace,
+        "version": version,
+        "stats": engine.stats.snapshot(),
+    }
+    if backend.kind == "null":
+        return HealthReport(status="disabled", available=False, latency_ms=None, **base)
+    started = time.perf_counter()
+    try:
+        await backend.ping()
+        latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        info: dict[str, Any] = {}
+        if isinstance(backend, ServerInfoBackend):
+            info = dict(await backend.server_info())
+    except BackendError as exc:
+        engine.breaker.failed()
+        return HealthReport(
+            status="unhealthy",
+            available=False,
+            latency_ms=None,
+            error=str(exc),
+            breaker=engine.breaker.state,
+            **base,
+        )
+    engine.succeeded()
+    status: HealthStatus = "degraded" if latency_ms > degraded_after_ms else "healthy"
+    return HealthReport(
+        status=status,
+        available=True,
+        latency_ms=latency_ms,
+        uptime_seconds=_int_or_none(info.get("uptime_seconds")),
+        used_memory_mb=_float_or_none(info.get("used_memory_mb")),
+        connected_clients=_int_or_none(info.get("connected_clients")),
+        ops_per_sec=_int_or_none(info.get("ops_per_sec")),
+        server_version=str(info["redis_version"]) if "redis_version" in info else None,
+        breaker=engine.breaker.state,
+        **base,
+    )
+
+
+def _int_or_none(value: object) -> int | None:
+    return int(value) if isinstance(value, int | float | str) and str(value).strip() else None
+
+
+def _float_or_none(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float | str) and str(value).strip() else None
