@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import typing
 
 import pytest
 
@@ -45,7 +46,10 @@ def test_all_is_a_sorted_tuple_of_documented_importable_names(name: str) -> None
     assert len(set(exported)) == len(exported)
     for public in exported:
         value = getattr(module, public)  # raises if the name is missing
-        if inspect.isclass(value) or inspect.isfunction(value):
+        # Type aliases (ReadHook, ASGIApp) are documented where defined; on 3.10 they pass isclass.
+        if typing.get_origin(value) is None and (
+            inspect.isclass(value) or inspect.isfunction(value)
+        ):
             assert inspect.getdoc(value), f"{name}.{public} has no docstring"
 
 
