@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import logging
 import math
 import random
 import re
@@ -32,7 +33,7 @@ from ._errors import (
 )
 from ._keys import KeyBuilder
 from ._locking import compute_locked
-from ._log import RateLimitedLog
+from ._log import LOGGER, RateLimitedLog
 from ._policy import FreshnessPolicy, StampedePolicy
 from ._reads import SharedReads
 from ._singleflight import SingleFlight
@@ -44,6 +45,8 @@ from .serializers import Serializer
 __all__ = ("Engine", "FetchSpec")
 
 _FORMAT: Final = 1
+# Bound once: asked on every read, and the logging module caches its answer per level.
+_debug_enabled: Final = LOGGER.isEnabledFor
 _FRESH: Final = struct.Struct("<d")
 _FRESH_OFFSET: Final = 12
 _DELTA: Final = struct.Struct("<f")
@@ -160,6 +163,8 @@ class Engine:
             function_stats.record(outcome)
         if self.hooks:
             self._notify(ReadEvent(full, outcome, function_stats.name if function_stats else None))
+        if _debug_enabled(logging.DEBUG):
+            LOGGER.debug("cache %s: %s", outcome.value, full)
 
     def _notify(self, event: ReadEvent) -> None:
         for hook in self.hooks:
@@ -423,6 +428,8 @@ class Engine:
                             self._notify(
                                 ReadEvent(full, Outcome.HIT, function_stats and function_stats.name)
                             )
+                        if _debug_enabled(logging.DEBUG):
+                            LOGGER.debug("cache hit: %s", full)
                         beta = freshness.early_refresh_beta
                         if beta and fresh_until:
                             delta = _DELTA.unpack_from(data, _DELTA_OFFSET)[0]

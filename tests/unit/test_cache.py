@@ -709,3 +709,30 @@ async def test_in_process_backends_are_not_timed(clock: FakeClock) -> None:
     await cache.set("k", 1)
     await cache.get("k")
     assert (cache.stats.backend_calls, cache.stats.latency_p50_ms) == (0, None)
+
+
+async def test_reads_are_logged_at_debug_with_their_outcome(
+    cache: Cache, caplog: pytest.LogCaptureFixture
+) -> None:
+    await cache.set("k", 1)
+
+    @cache.cached(key="f")
+    async def value() -> int:
+        return 2
+
+    with caplog.at_level(logging.DEBUG, logger="cachetier"):
+        await cache.get("k")
+        await cache.get("absent")
+        await value()
+        await value()
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert lines == [
+        "cache hit: app:v1:k",
+        "cache miss: app:v1:absent",
+        "cache miss: app:v1:f",
+        "cache hit: app:v1:f",
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cachetier"):
+        await value()
+    assert caplog.records == []
