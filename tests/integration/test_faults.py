@@ -232,7 +232,10 @@ async def test_refused_connections_open_the_breaker_at_its_threshold_and_log_rar
     # Each cool-down let one probe through, and each failed probe reopened the breaker.
     assert breaker.opened >= 3
     assert cache.stats.backend_errors >= 2 * calls
-    lines = [r for r in caplog.records if r.name.startswith("cachetier")]
+    # The per-read DEBUG lines are wanted; the failure warnings are what must stay rare.
+    lines = [
+        r for r in caplog.records if r.name.startswith("cachetier") and r.levelno >= logging.WARNING
+    ]
     assert 1 <= len(lines) <= 5, [r.getMessage() for r in lines]
     assert any("connection refused" in r.getMessage() for r in lines)
     assert all(r.levelno == logging.WARNING for r in lines)
