@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-import struct
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -39,9 +37,6 @@ R = TypeVar("R")
 P = ParamSpec("P")
 D = TypeVar("D")
 
-_HEADER_FRESH: Final = struct.Struct("<d")
-_FRESH_OFFSET: Final = 12
-_COUNTER: Final = re.compile(rb"-?[0-9]{1,20}")
 _DEFAULT_MAX_VALUE_BYTES: Final = 1024 * 1024
 _SCAN_BATCH: Final = 500
 _DEFAULT_POLICIES: Final = build_policies()

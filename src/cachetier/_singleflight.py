@@ -30,9 +30,6 @@ class SingleFlight(Generic[T]):
         self._flights: dict[str, asyncio.Task[T]] = {}
         self._on_start = on_start
 
-    def __len__(self) -> int:
-        return len(self._flights)
-
     def is_running(self, key: str) -> bool:
         """Returns whether a computation for ``key`` is under way."""
         return key in self._flights
