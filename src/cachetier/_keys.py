@@ -287,16 +287,12 @@ class KeyBuilder:
         for name, value in bound.arguments.items():
             if name in exclude:
                 continue
-            kind = signature.parameters[name].kind
-            if kind is inspect.Parameter.VAR_KEYWORD:
+            if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                # One part for all of **kwargs, as a mapping (whose text is sorted), exactly as
+                # decorated functions key it; excluded names are left out of it too.
                 extra = cast("dict[str, object]", value)
-                parts.extend(
-                    escape_part(f"{key}={encode_argument(extra[key])}")
-                    for key in sorted(extra)
-                    if key not in exclude
-                )
-            else:
-                parts.append(escape_part(f"{name}={encode_argument(value)}"))
+                value = {key: item for key, item in extra.items() if key not in exclude}
+            parts.append(escape_part(f"{name}={encode_argument(value)}"))
         return ":".join(parts)
 
     def _shorten(self, key: str) -> str:

@@ -213,3 +213,33 @@ def test_call_keys_are_equal_across_interpreter_processes() -> None:
         for seed in (1, 2, 3)
     }
     assert len(outputs) == 1
+
+
+async def test_decorated_functions_key_calls_exactly_as_key_builder_call_key() -> None:
+    """The decorator's fast key path and the public `KeyBuilder.call_key` never drift apart."""
+    from cachetier import Cache
+
+    cache = Cache(namespace="app", version="v1")
+
+    async def g(
+        a: object, b: object = "d", *args: object, c: int = 3, **kwargs: object
+    ) -> None: ...
+
+    async def h(x: int, y: str = "y", *, z: float = 1.0) -> None: ...
+
+    cached_g, cached_h = cache.cached()(g), cache.cached()(h)
+    calls: list[tuple[tuple[object, ...], dict[str, object]]] = [
+        ((1,), {}),
+        ((1, "b"), {}),
+        ((1, "b", 7, 8), {"c": 4}),
+        (("a:b*",), {"q": [1, 2], "p": {"k": None}}),
+        ((), {"a": 1.5, "b": b"x"}),
+    ]
+    for args, kwargs in calls:
+        assert cache.keys.full(cached_g.key_for(*args, **kwargs)) == cache.keys.call_key(
+            g, args, kwargs
+        )
+    for args, kwargs in [((1,), {}), ((1, "s"), {"z": 2.0}), ((), {"x": -5, "y": "Ö"})]:
+        assert cache.keys.full(cached_h.key_for(*args, **kwargs)) == cache.keys.call_key(
+            h, args, kwargs
+        )
