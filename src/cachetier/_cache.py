@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+)
+from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast, final, overload
@@ -14,7 +22,7 @@ from typing_extensions import Self, Unpack
 
 from ._breaker import CircuitBreaker
 from ._cached import CachedFunction
-from ._engine import Engine, FetchSpec
+from ._engine import Engine, FetchSpec, check_tags
 from ._entry import EntrySigner
 from ._errors import BackendError, ConfigurationError
 from ._health import HealthReport, check_health
@@ -24,7 +32,7 @@ from ._policy import PolicyOptions, build_policies
 from ._stats import CacheStats, ReadHook
 from ._ttl import TTL, TTLLike, to_seconds
 from ._types import Clock, Outcome
-from .backends._protocol import Backend
+from .backends._protocol import Backend, GuardedBackend
 from .serializers import JsonSerializer, Serializer
 
 if TYPE_CHECKING:
@@ -70,6 +78,7 @@ class Cache:
         breaker: CircuitBreaker | None = None,
         signing_key: bytes | str | SecretStr | None = None,
         clock: Clock = time.time,
+        version_check_interval: float = 0.25,
     ) -> None:
         """Args:
         backend: where entries live; a process-local `MemoryBackend` when omitted.
@@ -92,6 +101,9 @@ class Cache:
             key, or copied from another key) is a miss, never decoded. Counters from `incr`
             stay plain integers.
         clock: wall-clock seconds, shared by every process that reads the entries.
+        version_check_interval: how often, in seconds, a read also fetches the generation that
+            `bump_version` increments (in the same round trip), which bounds how long another
+            process may serve entries from before a bump; ``0`` checks on every read.
         """
         if backend is None:
             from .backends.memory import MemoryBackend
@@ -99,6 +111,10 @@ class Cache:
             backend = MemoryBackend()
         if not 0.0 <= ttl_jitter < 1.0:
             raise ConfigurationError(f"ttl_jitter must be in [0, 1), got {ttl_jitter!r}")
+        if not version_check_interval >= 0:
+            raise ConfigurationError(
+                f"version_check_interval must be >= 0 seconds, got {version_check_interval!r}"
+            )
         if max_value_bytes is not None and max_value_bytes <= 0:
             raise ConfigurationError(
                 f"max_value_bytes must be positive or None, got {max_value_bytes!r}"
@@ -116,6 +132,7 @@ class Cache:
             signer=_signer(signing_key),
             keys=self._keys,
             clock=clock,
+            generation_interval=float(version_check_interval),
         )
 
     @classmethod
@@ -290,14 +307,12 @@ class Cache:
             return {}
         full = [self._keys.full(key) for key in relative]
         try:
-            self._engine.gate("MGET")
-            found = await self._engine.backend.get_many(full)
+            found = await self._engine.load_many(full)
         except BackendError as exc:
             self._engine.backend_failed("get_many", exc)
             for full_key in full:
                 self._engine.count(Outcome.BACKEND_ERROR, full_key, None)
             return {}
-        self._engine.succeeded()
         result: dict[str, object] = {}
         now = self._engine.clock()
         for key, full_key, data in zip(relative, full, found, strict=True):
@@ -317,22 +332,27 @@ class Cache:
         return result
 
     async def exists(self, key: str) -> bool:
-        """Returns whether ``key`` holds a value; ``False`` when the backend fails open."""
+        """Returns whether ``key`` holds a value; ``False`` when the backend fails open.
+
+        A key being computed (leased) or written before `bump_version` holds none.
+        """
         full = self._keys.full(key)
         try:
-            self._engine.gate("EXISTS")
-            found = await self._engine.backend.exists(full)
+            self._engine.gate("GET")
+            data = await self._engine.fetch_one(full)
         except BackendError as exc:
             self._engine.backend_failed("exists", exc)
             return False
         self._engine.succeeded()
-        return found
+        return data is not None and self._engine.holds_value(data)
 
     async def ttl(self, key: str) -> float | None:
         """Returns the seconds ``key`` has left, ``math.inf`` if it never expires, ``None`` if absent.
 
         ``None`` is also the answer when the backend fails open.
         """
+        if not await self.exists(key):
+            return None
         full = self._keys.full(key)
         try:
             self._engine.gate("PTTL")
@@ -345,21 +365,27 @@ class Cache:
 
     # -- writes -----------------------------------------------------------------------------
 
-    async def set(self, key: str, value: object, ttl: TTLLike | None = None) -> bool:
+    async def set(
+        self, key: str, value: object, ttl: TTLLike | None = None, *, tags: Iterable[str] = ()
+    ) -> bool:
         """Stores ``value`` at ``key`` for ``ttl`` (default: the cache's ``default_ttl``).
 
-        Returns whether the value was stored: ``False`` when it exceeds ``max_value_bytes`` or
-        the backend failed open.
+        ``tags`` are names that `invalidate_tags` later removes the entry by. Returns whether
+        the value was stored: ``False`` when it exceeds ``max_value_bytes``, its tags cannot
+        be recorded, or the backend failed open.
 
         Raises:
-            TypeError: ``key`` is not a ``str``.
+            TypeError: ``key`` or a tag is not a ``str``.
             SerializationError: ``value`` cannot be serialized; nothing is stored or removed.
             BackendError: the backend failed and the cache is strict.
         """
         full = self._keys.full(key)
+        tag_names = check_tags(tags)
         seconds = self._engine.jittered(self._ttl_seconds(ttl))
         data = self._engine.encode(full, value, seconds, self._engine.serializer)
         if data is None:
+            return False
+        if tag_names and not await self._engine.record_tags(full, tag_names, seconds):
             return False
         return await self._engine.write(full, data, seconds)
 
@@ -470,6 +496,8 @@ class Cache:
         key: str,
         fetch_fn: Callable[[], Awaitable[T]],
         ttl: TTLLike | None = None,
+        *,
+        tags: Iterable[str] = (),
         **policy: Unpack[PolicyOptions],
     ) -> T: ...
 
@@ -479,6 +507,8 @@ class Cache:
         key: str,
         fetch_fn: Callable[[], T],
         ttl: TTLLike | None = None,
+        *,
+        tags: Iterable[str] = (),
         **policy: Unpack[PolicyOptions],
     ) -> T: ...
 
@@ -487,6 +517,8 @@ class Cache:
         key: str,
         fetch_fn: Callable[[], T | Awaitable[T]],
         ttl: TTLLike | None = None,
+        *,
+        tags: Iterable[str] = (),
         **policy: Unpack[PolicyOptions],
     ) -> T:
         """Returns the value at ``key``; on a miss, calls ``fetch_fn``, stores and returns its result.
@@ -496,15 +528,23 @@ class Cache:
         reach every waiting caller and nothing is stored. A value that cannot be serialized is
         returned uncached and logged. ``policy`` takes the stampede and freshness options of
         `PolicyOptions`: ``lock``, ``stale_ttl``, ``stale_if_error``, ``early_refresh`` ...
+        ``tags`` are names that `invalidate_tags` later removes the entry by.
 
         Raises:
-            TypeError: ``key`` is not a ``str``.
+            TypeError: ``key`` or a tag is not a ``str``.
             ConfigurationError: a policy option is out of range.
             BackendError: the backend failed and the cache is strict.
         """
         full = self._keys.full(key)
         stampede, freshness = build_policies(**policy) if policy else _DEFAULT_POLICIES
-        spec = FetchSpec(self._ttl_seconds(ttl), self._engine.serializer, stampede, freshness)
+        tag_names = check_tags(tags)
+        spec = FetchSpec(
+            self._ttl_seconds(ttl),
+            self._engine.serializer,
+            stampede,
+            freshness,
+            tags=(lambda _args, _kwargs: tag_names) if tag_names else None,
+        )
         value = await self._engine.through(full, fetch_fn, (), {}, spec)
         return cast("T", value)  # deserialization boundary: the entry was written from a T
 
@@ -519,6 +559,7 @@ class Cache:
         key: str | None = None,
         key_prefix: str | None = None,
         exclude: Collection[str] = (),
+        tags: Iterable[str] = (),
         condition: Callable[[Any], bool] | None = None,
         cache_none: bool = False,
         typed: bool = True,
@@ -532,6 +573,7 @@ class Cache:
         key: str | None = None,
         key_prefix: str | None = None,
         exclude: Collection[str] = (),
+        tags: Iterable[str] = (),
         condition: Callable[[Any], bool] | None = None,
         cache_none: bool = False,
         typed: bool = True,
@@ -549,6 +591,8 @@ class Cache:
             key_prefix: text put before the default key, e.g. ``"tasks:"``, so that
                 ``delete_pattern("tasks:*")`` reaches it.
             exclude: argument names left out of the key (a DB session, a request).
+            tags: names that `invalidate_tags` removes the results by; each may be a template
+                over the argument names like ``key``, e.g. ``["tasks", "project:{project_id}"]``.
             condition: cache only results for which it returns ``True``.
             cache_none: cache ``None`` results too (by default they are returned, not stored).
             typed: rebuild hits as the return annotation's type (pydantic ``TypeAdapter``).
@@ -572,6 +616,7 @@ class Cache:
                 key=key,
                 key_prefix=key_prefix,
                 exclude=exclude,
+                tags=tuple(check_tags(tags)),
                 condition=condition,
                 cache_none=cache_none,
                 typed=typed,
@@ -595,11 +640,16 @@ class Cache:
             BackendError: the backend failed and the cache is strict.
         """
         full_pattern = self._keys.pattern(pattern)
+        # The generation outlives `clear`: processes still reading at it would otherwise
+        # disagree with those that see it reset.
+        generation_key = self._engine.generation_key
         deleted = 0
         try:
             self._engine.gate("SCAN")
             async for batch in self._engine.backend.scan(full_pattern, count=_SCAN_BATCH):
-                deleted += await self._engine.backend.delete(*batch)
+                keys = [key for key in batch if key != generation_key]
+                if keys:
+                    deleted += await self._engine.backend.delete(*keys)
         except BackendError as exc:
             self._engine.backend_failed("delete_pattern", exc)
         else:
@@ -613,6 +663,103 @@ class Cache:
         Returns how many keys were removed.
         """
         return await self.delete_pattern("*")
+
+    async def invalidate_tags(self, *tags: str) -> int:
+        """Removes every entry stored with any of ``tags``; returns how many there were.
+
+        Entries being computed when this runs are not stored when they finish: their result
+        may predate the change that made you invalidate. Costs one bounded step per 500 entries
+        of a tag, whatever the size of the cache.
+
+        Raises:
+            TypeError: a tag is not a ``str``.
+            BackendError: the backend failed and the cache is strict.
+        """
+        names = check_tags(tags)
+        if not names or not self._engine.guarded:
+            return 0
+        backend = cast("GuardedBackend", self._engine.backend)
+        removed = 0
+        try:
+            self._engine.gate("tag_invalidate")
+            for key in self._engine.tag_keys(names):
+                removed += await backend.tag_invalidate(key, batch=_SCAN_BATCH)
+        except BackendError as exc:
+            self._engine.backend_failed("invalidate_tags", exc)
+        else:
+            self._engine.succeeded()
+        self._engine.stats.deletes += removed
+        return removed
+
+    async def bump_version(self) -> int:
+        """Invalidates every entry of this namespace and version at once; returns the new generation.
+
+        One increment of a counter that entries record when written: older entries are misses
+        from now on in this process, and in others within ``version_check_interval``; they stay
+        in the store until they expire or are overwritten. A computation under way when this
+        runs stores its result under the old generation, where no read finds it.
+
+        Raises:
+            BackendError: the backend failed (a lost bump must not go unnoticed, so this raises
+                even when the cache is not strict).
+        """
+        engine = self._engine
+        try:
+            engine.gate("INCR")
+            generation = await engine.backend.incr(engine.generation_key)
+        except BackendError as exc:
+            engine.backend_failed("bump_version", exc, always_raise=True)
+            raise  # pragma: no cover - backend_failed raised already
+        engine.succeeded()
+        engine.learn_generation(str(generation).encode())
+        LOGGER.info(
+            "cache %s:%s bumped to generation %d",
+            self._keys.namespace,
+            self._keys.version,
+            generation,
+        )
+        return generation
+
+    async def invalidate(
+        self, *keys: str, tags: Iterable[str] = (), patterns: Iterable[str] = ()
+    ) -> int:
+        """Removes ``keys``, the entries of ``tags`` and the keys matching ``patterns``.
+
+        The one call to make after a write to the data behind them; returns how many entries
+        were removed. Like each invalidation it stands for, it is safe against computations
+        under way. See `invalidating` to tie it to a block of code.
+        """
+        tag_names = check_tags(tags)
+        globs = [patterns] if isinstance(patterns, str) else list(patterns)
+        removed = await self.delete(*keys) if keys else 0
+        if tag_names:
+            removed += await self.invalidate_tags(*tag_names)
+        for glob in globs:
+            removed += await self.delete_pattern(glob)
+        return removed
+
+    @asynccontextmanager
+    async def invalidating(
+        self, *keys: str, tags: Iterable[str] = (), patterns: Iterable[str] = ()
+    ) -> AsyncIterator[None]:
+        """Runs the block, then `invalidate` the given keys, tags and patterns.
+
+        Wrap the database write whose results the cache holds::
+
+            async with cache.invalidating(tags=[f"project:{task.project_id}"]):
+                await db.update_task(task)
+
+        The invalidation runs even when the block raises: a failed write may still have
+        changed something, and a needless invalidation costs only a recomputation.
+        """
+        tag_names = check_tags(tags)  # checked before the block runs, not after its write
+        globs = [patterns] if isinstance(patterns, str) else list(patterns)
+        for key in keys:
+            self._keys.full(key)
+        try:
+            yield
+        finally:
+            await self.invalidate(*keys, tags=tag_names, patterns=globs)
 
     # -- operations -------------------------------------------------------------------------
 

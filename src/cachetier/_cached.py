@@ -63,6 +63,31 @@ class _EscapingFormatter(string.Formatter):
 _FORMATTER: Final = _EscapingFormatter()
 
 
+class _TagFormatter(string.Formatter):
+    """Formats ``tags=`` templates; the tag is escaped as a whole when its index key is built."""
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        text = format(value, format_spec)
+        if _ADDRESS.search(text):
+            raise TypeError(
+                f"cannot build a cache tag from a {type(value).__qualname__} value: its text "
+                f"{text!r} holds a memory address"
+            )
+        return text
+
+
+_TAG_FORMATTER: Final = _TagFormatter()
+
+
+def _template_names(template: str) -> set[str]:
+    """Returns the argument names a ``str.format`` template refers to."""
+    return {
+        field.split(".")[0].split("[")[0]
+        for _, field, _, _ in string.Formatter().parse(template)
+        if field
+    }
+
+
 def _encode_part(value: Any) -> str:
     """Returns the escaped, typed text of one argument; the common builtins take a short cut.
 
@@ -170,6 +195,30 @@ class _KeyPlan:
             + ":".join([name + _encode_part(values[i]) for i, name in self._key_slots])
         )
 
+    def tag_rule(
+        self, tags: tuple[str, ...]
+    ) -> Callable[[tuple[Any, ...], Mapping[str, Any]], tuple[str, ...]] | None:
+        """Returns what gives the tags of a call: constant tags, or templates over arguments.
+
+        Raises:
+            TypeError: a template names a parameter the function does not have.
+        """
+        if not tags:
+            return None
+        templated = [tag for tag in tags if _template_names(tag)]
+        for tag in templated:
+            missing = _template_names(tag) - set(self._signature.parameters)
+            if missing:
+                raise TypeError(f"tag template {tag!r} names no parameter: {sorted(missing)}")
+        if not templated:
+            return lambda _args, _kwargs: tags
+
+        def resolve(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[str, ...]:
+            arguments = dict(zip(self._signature.parameters, self._bind(args, kwargs), strict=True))
+            return tuple(_TAG_FORMATTER.vformat(tag, (), arguments) for tag in tags)
+
+        return resolve
+
     def stored(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
         """Returns the stored key of a call: the hot path of every decorated call."""
         if self._template is not None or not self._key_slots:
@@ -229,6 +278,7 @@ class CachedFunction(Generic[P, R]):
         key: str | None,
         key_prefix: str | None,
         exclude: Collection[str],
+        tags: tuple[str, ...] = (),
         condition: Callable[[R], bool] | None,
         cache_none: bool,
         typed: bool,
@@ -255,6 +305,7 @@ class CachedFunction(Generic[P, R]):
         self._freshness = freshness
         self._stats = StatsRecorder(function_name(func))
         self._should_store = _store_rule(condition, cache_none)
+        self._tags = self._plan.tag_rule(tags)
         self._spec: FetchSpec | None = None
         # Set on the copies that __get__ makes: the instance a method was read through.
         self._bound: object = _UNBOUND
@@ -319,10 +370,12 @@ class CachedFunction(Generic[P, R]):
         """Computes the call now, stores the result whatever is cached, and returns it."""
         if self._bound is not _UNBOUND:
             args = (self._bound, *args)  # type: ignore[assignment]  # as in __call__
+        spec = self._spec or self._make_spec()
         value = await self._engine.compute(
             self._plan.stored(args, kwargs),
             functools.partial(self._func, *args, **kwargs),
-            self._spec or self._make_spec(),
+            spec,
+            tags=self._engine.resolve_tags(spec, args, kwargs),
         )
         self._stats.refreshes += 1
         return cast("R", value)
@@ -341,6 +394,7 @@ class CachedFunction(Generic[P, R]):
             freshness=self._freshness,
             stats=self._stats,
             should_store=self._should_store,
+            tags=self._tags,
         )
         return spec
 

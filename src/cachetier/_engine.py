@@ -18,13 +18,22 @@ import random
 import re
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from time import perf_counter_ns
-from typing import Any, Final, final
+from typing import Any, Final, cast, final
 
 from ._breaker import CircuitBreaker
-from ._entry import HEADER_SIZE, MAGIC, EntrySigner, encode_entry
+from ._entry import (
+    GUARD_SIZE,
+    HEADER_SIZE,
+    LEASE_PREFIX,
+    MAGIC,
+    SIGNED_MAGIC,
+    EntrySigner,
+    encode_entry,
+    new_lease,
+)
 from ._errors import (
     BackendError,
     CircuitOpenError,
@@ -39,22 +48,52 @@ from ._reads import SharedReads
 from ._singleflight import SingleFlight
 from ._stats import ReadEvent, ReadHook, StatsRecorder
 from ._types import MISSING, Clock, Outcome
-from .backends._protocol import Backend, LockingBackend
+from .backends._protocol import Backend, GuardedBackend, LockingBackend
 from .serializers import Serializer
 
-__all__ = ("Engine", "FetchSpec")
+__all__ = ("LEASE_TTL", "Engine", "FetchSpec", "check_tags")
 
-_FORMAT: Final = 1
+_FORMAT: Final = 2
 # Bound once: asked on every read, and the logging module caches its answer per level.
 _debug_enabled: Final = LOGGER.isEnabledFor
+_GENERATION: Final = struct.Struct("<I")
+_GENERATION_OFFSET: Final = 4
+_GENERATION_END: Final = 8
 _FRESH: Final = struct.Struct("<d")
-_FRESH_OFFSET: Final = 12
+_FRESH_OFFSET: Final = 16
 _DELTA: Final = struct.Struct("<f")
-_DELTA_OFFSET: Final = 20
+_DELTA_OFFSET: Final = 24
+LEASE_TTL: Final = 60.0
+"""Seconds a lease holds the key of a value being computed; a longer computation is not stored."""
+_UNGUARDED: Final = b""
+_LEASE: Final = LEASE_PREFIX
+_LEASE_SIZE: Final = len(LEASE_PREFIX) + 16
+_ENTRY_MAGICS: Final = (MAGIC, SIGNED_MAGIC)
+"""The guard of a write to a backend without `GuardedBackend`: a plain SET."""
 _COUNTER: Final = re.compile(rb"-?[0-9]{1,20}")
 _UNSIGNED: Final = (
     "its signature does not verify (unsigned, tampered, or written under another key)"
 )
+
+
+def check_tags(tags: Iterable[str]) -> tuple[str, ...]:
+    """Returns ``tags`` as a tuple without repeats, checked to be non-empty ``str``.
+
+    Raises:
+        TypeError: ``tags`` is a single ``str`` (a common slip for a one-tag list), or a tag is
+            not a ``str``.
+        ValueError: a tag is empty.
+    """
+    if isinstance(tags, str):
+        raise TypeError(f"tags must be a collection of str, not a str: write [{tags!r}]")
+    checked: dict[str, None] = {}
+    for tag in tags:
+        if not isinstance(tag, str):
+            raise TypeError(f"tags must be str, not {type(tag).__name__}")
+        if not tag:
+            raise ValueError("tags must not be empty strings")
+        checked[tag] = None
+    return tuple(checked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +111,7 @@ class FetchSpec:
     freshness: FreshnessPolicy
     stats: StatsRecorder | None = None
     should_store: Callable[[Any], bool] | None = None
+    tags: Callable[[tuple[Any, ...], Mapping[str, Any]], tuple[str, ...]] | None = None
 
 
 @final
@@ -85,6 +125,12 @@ class Engine:
         "clock",
         "failures",
         "flights",
+        "generation",
+        "generation_bytes",
+        "generation_due",
+        "generation_interval",
+        "generation_key",
+        "guarded",
         "hooks",
         "jitter",
         "keys",
@@ -111,8 +157,16 @@ class Engine:
         signer: EntrySigner | None,
         keys: KeyBuilder,
         clock: Clock,
+        generation_interval: float,
     ) -> None:
         self.set_backend(backend)
+        # The namespace generation (`Cache.bump_version`) as last read, and when a read next
+        # fetches it along with its entry (at once: the first read learns it).
+        self.generation = 0
+        self.generation_bytes = _GENERATION.pack(0)
+        self.generation_due = -math.inf
+        self.generation_interval = generation_interval
+        self.generation_key = keys.generation_key()
         self.breaker = breaker
         self.signer = signer
         self.keys = keys
@@ -140,6 +194,9 @@ class Engine:
         # Merging concurrent reads saves round trips; a backend whose calls never wait on I/O
         # (it says so with ``in_process = True``) answers before a second reader can arrive.
         self.merge_reads: bool = not getattr(backend, "in_process", False)
+        self.guarded: bool = isinstance(backend, GuardedBackend)
+        # Another store may be at another generation: learn it with the next read.
+        self.generation_due = -math.inf
 
     def track(self, task: asyncio.Task[Any]) -> None:
         """Keeps ``task`` until it ends, so `cancel_background` can stop it."""
@@ -214,7 +271,13 @@ class Engine:
         return seconds * (1.0 - random.random() * self.jitter)  # noqa: S311  # spreading expiry, not security
 
     def encode(
-        self, full: str, value: object, seconds: float | None, codec: Serializer, delta: float = 0.0
+        self,
+        full: str,
+        value: object,
+        seconds: float | None,
+        codec: Serializer,
+        delta: float = 0.0,
+        generation: int | None = None,
     ) -> bytes | None:
         """Returns the stored form of ``value`` fresh for ``seconds``, or ``None`` when too large.
 
@@ -233,15 +296,37 @@ class Engine:
             return None
         now = self.clock()
         fresh_until = 0.0 if seconds is None else now + seconds
-        data = encode_entry(payload, created=now, fresh_until=fresh_until, delta=delta)
+        data = encode_entry(
+            payload,
+            created=now,
+            fresh_until=fresh_until,
+            delta=delta,
+            generation=self.generation if generation is None else generation,
+        )
         return data if self.signer is None else self.signer.seal(full, data)
 
-    async def write(self, full: str, data: bytes, seconds: float | None) -> bool:
-        """Stores encoded ``data`` for ``seconds``; returns ``False`` when the backend failed open."""
+    async def write(
+        self, full: str, data: bytes, seconds: float | None, guard: bytes = _UNGUARDED
+    ) -> bool:
+        """Stores encoded ``data`` for ``seconds``; returns ``False`` when it was not stored.
+
+        With a ``guard`` (see `begin`), the value is stored only if the key still holds it: an
+        invalidation since then wins, and the write is skipped. A backend that failed open
+        returns ``False`` too.
+        """
         started = perf_counter_ns() if self.merge_reads else 0
         try:
             self.gate("SET")
-            await self.backend.set(full, data, seconds)
+            if guard:
+                if not await cast("GuardedBackend", self.backend).set_if(
+                    full, guard, data, seconds
+                ):
+                    self.succeeded()
+                    if _debug_enabled(logging.DEBUG):
+                        LOGGER.debug("cache not storing %s: invalidated while computing", full)
+                    return False
+            else:
+                await self.backend.set(full, data, seconds)
         except BackendError as exc:
             self.backend_failed("set", exc)
             return False
@@ -254,19 +339,130 @@ class Engine:
         self.stats.sets += 1
         return True
 
-    async def store_quietly(self, full: str, value: object, spec: FetchSpec, delta: float) -> None:
-        """Stores a computed value; a value that cannot be stored is logged, never raised."""
+    async def store_quietly(
+        self,
+        full: str,
+        value: object,
+        spec: FetchSpec,
+        delta: float,
+        guard: bytes = _UNGUARDED,
+        generation: int | None = None,
+    ) -> bool:
+        """Stores a computed value; a value that cannot be stored is logged, never raised.
+
+        Returns whether it was stored.
+        """
         seconds = self.jittered(spec.ttl)
         try:
-            data = self.encode(full, value, seconds, spec.codec, delta)
+            data = self.encode(full, value, seconds, spec.codec, delta, generation)
         except SerializationError as exc:
             self.failures.warning("serialize", "not caching %s: %s", full, exc)
-            return
+            return False
         if data is None:
-            return
+            return False
         physical = None if seconds is None else seconds + spec.freshness.keep_after_ttl
-        if await self.write(full, data, physical) and spec.stats is not None:
+        if not await self.write(full, data, physical, guard):
+            return False
+        if spec.stats is not None:
             spec.stats.sets += 1
+        return True
+
+    # -- guarding computations against invalidation -------------------------------------------
+
+    def holds_value(self, data: bytes) -> bool:
+        """Returns whether stored ``data`` is a value: not a lease, not of an earlier generation."""
+        if _is_lease(data):
+            return False
+        if len(data) >= HEADER_SIZE and data[0] in _ENTRY_MAGICS and data[1] == _FORMAT:
+            # Signed entries keep the header's layout, generation included.
+            return self.current(data)
+        return True
+
+    async def record_tags(self, full: str, tags: tuple[str, ...], seconds: float | None) -> bool:
+        """Records ``full`` under ``tags`` for a plain write; returns ``False`` when it could not."""
+        if not self.guarded:
+            self.failures.warning(
+                "tags",
+                "not caching %s: its backend %s keeps no tag indexes",
+                full,
+                self.backend.kind,
+            )
+            return False
+        try:
+            self.gate("tag_add")
+            await cast("GuardedBackend", self.backend).tag_add(self.tag_keys(tags), full, seconds)
+        except BackendError as exc:
+            self.backend_failed("tag_add", exc)
+            return False
+        self.succeeded()
+        return True
+
+    def tag_keys(self, tags: tuple[str, ...]) -> list[str]:
+        """Returns the index keys of ``tags``."""
+        return [self.keys.tag_key(tag) for tag in tags]
+
+    async def begin(
+        self, full: str, seen: bytes | None, spec: FetchSpec, tags: tuple[str, ...]
+    ) -> bytes | None:
+        """Prepares to compute ``full``: records its tags, and returns the guard of its write.
+
+        The guard is what the key holds before the computation reads anything: the leading
+        bytes of the entry there (``seen``, as the miss read it), or else a new lease put
+        there. Every invalidation removes or replaces it, so a write conditional on it
+        (`write`) stores only values computed after the last invalidation. Returns ``None``
+        when the result must not be stored: another computation holds the key, tags cannot be
+        recorded, or the backend failed.
+        """
+        if not self.guarded:
+            if tags:
+                self.failures.warning(
+                    "tags",
+                    "not caching %s: its backend %s keeps no tag indexes, and a tagged entry "
+                    "that invalidate_tags cannot reach would be served stale",
+                    full,
+                    self.backend.kind,
+                )
+                return None
+            return _UNGUARDED
+        backend = cast("GuardedBackend", self.backend)
+        try:
+            self.gate("SET NX (lease)")
+            if tags:
+                # Before the computation reads anything, so an invalidation of a tag from now on
+                # finds this key (its lease, or the entry being refreshed) and removes it.
+                ttl = spec.ttl
+                await backend.tag_add(
+                    self.tag_keys(tags),
+                    full,
+                    None if ttl is None else ttl + spec.freshness.keep_after_ttl + LEASE_TTL,
+                )
+            if seen is not None and not _is_lease(seen):
+                self.succeeded()
+                return seen[:GUARD_SIZE]
+            lease = new_lease()
+            if await self.backend.add(full, lease, LEASE_TTL):
+                self.succeeded()
+                return lease
+            current = await self.backend.get(full)
+        except BackendError as exc:
+            self.backend_failed("lease", exc)
+            return None
+        self.succeeded()
+        if current is None or _is_lease(current):
+            return None
+        return current[:GUARD_SIZE]
+
+    async def release(self, full: str, guard: bytes) -> None:
+        """Removes the lease ``guard`` from ``full`` when its computation stores nothing."""
+        if not _is_lease(guard):
+            return
+        try:
+            self.gate("DEL (lease)")
+            await cast("GuardedBackend", self.backend).delete_if(full, guard)
+        except BackendError as exc:
+            self.backend_failed("release lease", exc)
+        else:
+            self.succeeded()
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -276,17 +472,23 @@ class Engine:
         Without a signing key, ``data`` is returned as it is. Counters are plain integers
         (INCRBY needs them so) and pass unsigned.
         """
-        if self.signer is None or _COUNTER.fullmatch(data):
+        if self.signer is None or _is_lease(data) or _COUNTER.fullmatch(data):
             return data
         return self.signer.open(full, data) or b""
 
-    @staticmethod
-    def decode(data: bytes, loads: Callable[[bytes], object], now: float) -> tuple[Outcome, object]:
-        """Returns (HIT or STALE, value), or (DECODE_ERROR, the reason as text)."""
+    def decode(
+        self, data: bytes, loads: Callable[[bytes], object], now: float
+    ) -> tuple[Outcome, object]:
+        """Returns (HIT or STALE, value), (MISS, `MISSING`) for a lease or an entry of an
+        earlier generation, or (DECODE_ERROR, the reason as text)."""
         if len(data) < HEADER_SIZE or data[0] != MAGIC or data[1] != _FORMAT:
             if _COUNTER.fullmatch(data):
                 return Outcome.HIT, int(data)
+            if _is_lease(data):
+                return Outcome.MISS, MISSING
             return Outcome.DECODE_ERROR, "not a cachetier entry (foreign or corrupt value)"
+        if not self.current(data):
+            return Outcome.MISS, MISSING
         fresh_until = _FRESH.unpack_from(data, _FRESH_OFFSET)[0]
         try:
             value = loads(data[HEADER_SIZE:])
@@ -320,6 +522,9 @@ class Engine:
         if outcome is Outcome.DECODE_ERROR:
             await self.drop_undecodable(full, value)
             value = MISSING
+        elif outcome is Outcome.MISS:
+            self.count(outcome, full)
+            return outcome, value
         # A stale entry is served only by policies that ask for it; a plain read misses.
         self.count(Outcome.MISS if outcome is Outcome.STALE else outcome, full)
         return outcome, value
@@ -333,12 +538,66 @@ class Engine:
         except BackendError as exc:
             self.backend_failed("delete", exc)
 
+    async def fetch_one(self, full: str) -> bytes | None:
+        """GETs ``full``; every ``generation_interval`` seconds, with the generation in one MGET.
+
+        Keeping up with `bump_version` in other processes so costs no round trip of its own.
+        One read at a time carries the generation; reads meanwhile use the one known.
+        """
+        if self.clock() < self.generation_due:
+            return await self.backend.get(full)
+        self.generation_due = self.clock() + self.generation_interval
+        data, generation = await self.backend.get_many([full, self.generation_key])
+        self.learn_generation(generation)
+        return data
+
+    async def load_many(self, keys: list[str]) -> list[bytes | None]:
+        """GETs ``keys`` in one MGET, fetching the generation too when it is due."""
+        self.gate("MGET")
+        due = self.clock() >= self.generation_due
+        if due:
+            self.generation_due = self.clock() + self.generation_interval
+        found = await self.backend.get_many([*keys, self.generation_key] if due else keys)
+        if due:
+            self.learn_generation(found.pop())
+        self.succeeded()
+        return found
+
+    def learn_generation(self, raw: bytes | None) -> None:
+        """Adopts the generation counter as read from the backend (absent: 0)."""
+        generation = 0
+        if raw is not None and _COUNTER.fullmatch(raw):
+            generation = int(raw) & 0xFFFFFFFF
+        self.generation = generation
+        self.generation_bytes = _GENERATION.pack(generation)
+
+    def current(self, data: bytes) -> bool:
+        """Returns whether the entry ``data`` (header checked) is of the current generation.
+
+        The counter only grows, so an entry of a later generation than the one known proves
+        that generation was reached: it is adopted, and the entry is current.
+        """
+        if data[_GENERATION_OFFSET:_GENERATION_END] == self.generation_bytes:
+            return True
+        generation = _GENERATION.unpack_from(data, _GENERATION_OFFSET)[0]
+        if generation < self.generation:
+            return False
+        self.generation = generation
+        self.generation_bytes = _GENERATION.pack(generation)
+        return True
+
     async def peek(self, full: str, codec: Serializer) -> Any:
         """Returns the fresh value at ``full``, or `MISSING`; counts nothing."""
         data = await self.backend.get(full)
         if data is not None and self.signer is not None:
             data = self.signer.open(full, data)
-        if data is None or len(data) < HEADER_SIZE or data[0] != MAGIC or data[1] != _FORMAT:
+        if (
+            data is None
+            or len(data) < HEADER_SIZE
+            or data[0] != MAGIC
+            or data[1] != _FORMAT
+            or not self.current(data)
+        ):
             return MISSING
         fresh_until = _FRESH.unpack_from(data, _FRESH_OFFSET)[0]
         if fresh_until and not self.clock() < fresh_until:
@@ -393,14 +652,19 @@ class Engine:
                 self.stats.latency.record(waited)
                 if function_stats is not None:
                     function_stats.latency.record(waited)
-            if data is None:
+            if data is None or (len(data) == _LEASE_SIZE and data[:2] == _LEASE):
+                # Absent, or leased by a computation under way (which will store it).
                 self.count(Outcome.MISS, full, function_stats)
+                data = None
+        # The entry as stored: a computation stores only if the key still holds it (`begin`).
+        seen = data
         stale: bytes | None = None
         if data is not None and self.signer is not None:
             opened = self.signer.open(full, data)
             if opened is None:
                 await self.drop_undecodable(full, _UNSIGNED)
                 self.count(Outcome.DECODE_ERROR, full, function_stats)
+                seen = None
             data = opened
         if data is not None:
             if len(data) >= HEADER_SIZE and data[0] == MAGIC and data[1] == _FORMAT:
@@ -408,17 +672,29 @@ class Engine:
                 now = self.clock()
                 freshness = spec.freshness
                 fresh = not fresh_until or now < fresh_until
-                if fresh or (freshness.stale_ttl and now < fresh_until + freshness.stale_ttl):
+                if data[_GENERATION_OFFSET:_GENERATION_END] != self.generation_bytes and (
+                    not self.current(data)
+                ):
+                    # Written before `bump_version`: neither fresh nor stale, only gone.
+                    self.count(Outcome.MISS, full, function_stats)
+                elif fresh or (freshness.stale_ttl and now < fresh_until + freshness.stale_ttl):
                     try:
                         value = spec.codec.loads(data[HEADER_SIZE:])
                     except SerializationError as exc:
                         await self.drop_undecodable(full, exc)
                         self.count(Outcome.DECODE_ERROR, full, function_stats)
+                        seen = None
                     else:
                         if not fresh:
                             # Stale-while-revalidate: serve it, and refresh it in the background.
                             self.count(Outcome.STALE, full, function_stats)
-                            self.refresh_soon(full, functools.partial(func, *args, **kwargs), spec)
+                            self.refresh_soon(
+                                full,
+                                functools.partial(func, *args, **kwargs),
+                                spec,
+                                seen,
+                                self.resolve_tags(spec, args, kwargs),
+                            )
                             return value
                         # A hit, counted inline: record() and its branches cost a microsecond.
                         self.stats.hits += 1
@@ -435,7 +711,11 @@ class Engine:
                             delta = _DELTA.unpack_from(data, _DELTA_OFFSET)[0]
                             if _xfetch_due(now, fresh_until, delta, beta):
                                 self.refresh_soon(
-                                    full, functools.partial(func, *args, **kwargs), spec
+                                    full,
+                                    functools.partial(func, *args, **kwargs),
+                                    spec,
+                                    seen,
+                                    self.resolve_tags(spec, args, kwargs),
                                 )
                         return value
                 else:
@@ -445,11 +725,15 @@ class Engine:
             else:
                 await self.drop_undecodable(full, "not an entry written by a cached function")
                 self.count(Outcome.DECODE_ERROR, full, function_stats)
+                seen = None
 
         produce = functools.partial(func, *args, **kwargs)
+        tags = self.resolve_tags(spec, args, kwargs)
 
         async def compute() -> Any:
-            return await self.compute(full, produce, spec, write=not read_failed)
+            return await self.compute(
+                full, produce, spec, write=not read_failed, seen=seen, tags=tags
+            )
 
         if stale is None:
             value, _ = await self.flights.run(full, compute)
@@ -467,7 +751,21 @@ class Engine:
             )
         return value
 
-    def refresh_soon(self, full: str, produce: Callable[[], Any], spec: FetchSpec) -> None:
+    @staticmethod
+    def resolve_tags(
+        spec: FetchSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> tuple[str, ...]:
+        """Returns the tags of one call."""
+        return () if spec.tags is None else spec.tags(args, kwargs)
+
+    def refresh_soon(
+        self,
+        full: str,
+        produce: Callable[[], Any],
+        spec: FetchSpec,
+        seen: bytes | None,
+        tags: tuple[str, ...],
+    ) -> None:
         """Starts one background recomputation of ``full`` unless one is already under way."""
         if self.flights.is_running(full):
             return
@@ -476,7 +774,7 @@ class Engine:
             spec.stats.refreshes += 1
 
         async def compute() -> Any:
-            return await self.compute(full, produce, spec)
+            return await self.compute(full, produce, spec, seen=seen, tags=tags)
 
         task, _ = self.flights.start(full, compute)
         task.add_done_callback(self._log_failed_refresh)
@@ -488,11 +786,20 @@ class Engine:
             )
 
     async def compute(
-        self, full: str, produce: Callable[[], Any], spec: FetchSpec, *, write: bool = True
+        self,
+        full: str,
+        produce: Callable[[], Any],
+        spec: FetchSpec,
+        *,
+        write: bool = True,
+        seen: bytes | None = None,
+        tags: tuple[str, ...] = (),
     ) -> Any:
         """Computes and stores ``full``, under a cross-process lock when the policy asks for one.
 
-        With ``write=False`` the value is only computed: neither locked nor stored.
+        ``seen`` is the entry the miss read found at ``full`` (``None``: nothing usable) and
+        ``tags`` the tags to record. With ``write=False`` the value is only computed: neither
+        locked nor stored.
         """
         if not write:
             return await self.fetch_and_store(full, produce, spec, write=False)
@@ -502,21 +809,47 @@ class Engine:
             and isinstance(backend, LockingBackend)
             and not self.breaker.open_until
         ):
-            return await compute_locked(self, backend, full, produce, spec)
-        return await self.fetch_and_store(full, produce, spec)
+            return await compute_locked(self, backend, full, produce, spec, seen, tags)
+        return await self.fetch_and_store(full, produce, spec, seen=seen, tags=tags)
 
     async def fetch_and_store(
-        self, full: str, produce: Callable[[], Any], spec: FetchSpec, *, write: bool = True
+        self,
+        full: str,
+        produce: Callable[[], Any],
+        spec: FetchSpec,
+        *,
+        write: bool = True,
+        seen: bytes | None = None,
+        tags: tuple[str, ...] = (),
     ) -> Any:
-        """Calls ``produce`` (awaiting what it returns, if awaitable) and stores the result."""
+        """Calls ``produce`` (awaiting what it returns, if awaitable) and stores the result.
+
+        The write is guarded (`begin`): it stores only if no invalidation reached ``full``
+        since before ``produce`` was called.
+        """
+        guard = await self.begin(full, seen, spec, tags) if write else None
+        generation = self.generation
         started = time.perf_counter()
-        result = produce()
-        if inspect.isawaitable(result):
-            result = await result
+        try:
+            result = produce()
+            if inspect.isawaitable(result):
+                result = await result
+        except BaseException:
+            if guard:
+                await self.release(full, guard)
+            raise
         delta = time.perf_counter() - started
-        if write and (spec.should_store is None or spec.should_store(result)):
-            await self.store_quietly(full, result, spec, delta)
+        stored = False
+        if guard is not None and (spec.should_store is None or spec.should_store(result)):
+            stored = await self.store_quietly(full, result, spec, delta, guard, generation)
+        if guard and not stored:
+            await self.release(full, guard)
         return result
+
+
+def _is_lease(data: bytes) -> bool:
+    """Returns whether ``data`` is a lease (see `begin`) rather than a value."""
+    return len(data) == _LEASE_SIZE and data[:2] == _LEASE
 
 
 def _xfetch_due(now: float, fresh_until: float, delta: float, beta: float) -> bool:

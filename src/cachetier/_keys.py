@@ -240,6 +240,16 @@ class KeyBuilder:
         """Returns the pub/sub channel that announces a value for ``stored_key`` has landed."""
         return self._prefix + "__ready__:" + stored_key[len(self._prefix) :]
 
+    def tag_key(self, tag: str) -> str:
+        """Returns the key of the index of entries tagged ``tag`` (an escaped part)."""
+        if not isinstance(tag, str):
+            raise TypeError(f"tags must be str, not {type(tag).__name__}")
+        return self.fit(self._prefix + "__tag__:" + escape_part(tag))
+
+    def generation_key(self) -> str:
+        """Returns the key of the counter that `Cache.bump_version` increments."""
+        return self._prefix + "__generation__"
+
     def pattern(self, glob: str) -> str:
         """Returns the Redis glob that matches relative ``glob`` within this namespace and version.
 

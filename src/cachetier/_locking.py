@@ -18,7 +18,13 @@ __all__ = ("compute_locked",)
 
 
 async def compute_locked(
-    engine: Engine, backend: LockingBackend, full: str, produce: Callable[[], Any], spec: FetchSpec
+    engine: Engine,
+    backend: LockingBackend,
+    full: str,
+    produce: Callable[[], Any],
+    spec: FetchSpec,
+    seen: bytes | None,
+    tags: tuple[str, ...],
 ) -> Any:
     """One process computes; the others wait for its value, woken by a message when it lands."""
     lock_name = engine.keys.lock_key(full)
@@ -32,7 +38,7 @@ async def compute_locked(
             found = await engine.peek(full, spec.codec)
             if found is not MISSING:
                 return found
-            return await engine.fetch_and_store(full, produce, spec)
+            return await engine.fetch_and_store(full, produce, spec, seen=seen, tags=tags)
         finally:
             # Release before waking the waiters, so that after a failed fetch one of them can
             # take the lock at once instead of waiting for it to expire.
@@ -70,8 +76,8 @@ async def compute_locked(
                         f"no value for {full} within lock_timeout={stampede.lock_timeout} s "
                         "while another process held its lock"
                     )
-                return await engine.fetch_and_store(full, produce, spec)
+                return await engine.fetch_and_store(full, produce, spec, seen=seen, tags=tags)
     except BackendError as exc:
         engine.backend_failed("lock", exc)
-        return await engine.fetch_and_store(full, produce, spec)
+        return await engine.fetch_and_store(full, produce, spec, seen=seen, tags=tags)
     return await holding()

@@ -46,7 +46,7 @@ class SharedReads:
         """
         if not self._engine.merge_reads:
             self._engine.gate("GET")
-            data = await self._engine.backend.get(full)
+            data = await self._engine.fetch_one(full)
             if self._engine.breaker.failures:
                 self._engine.breaker.succeeded()
             return data
@@ -74,7 +74,7 @@ class SharedReads:
             reads[full] = loop
         self.in_flight += 1
         try:
-            data = await self._engine.backend.get(full)
+            data = await self._engine.fetch_one(full)
         except BaseException as exc:
             if not isinstance(exc, BackendError):
                 self._engine.breaker.abandoned()
@@ -105,7 +105,7 @@ class SharedReads:
         except _ReadAbandoned:
             # The read this one waited for was cancelled before its answer came: read alone.
             self._engine.gate("GET")
-            return await self._engine.backend.get(full)
+            return await self._engine.fetch_one(full)
 
     def _send_batch(self) -> None:
         """Sends the reads that queued during this turn of the event loop as one MGET."""
@@ -117,7 +117,7 @@ class SharedReads:
         reads = self.reads
         self.in_flight += 1
         try:
-            values = await self._engine.backend.get_many(keys)
+            values = await self._engine.load_many(keys)
         except BaseException as exc:
             # Each waiter's caller counts the failure for the breaker and logs it.
             for key in keys:

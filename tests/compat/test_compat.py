@@ -472,11 +472,6 @@ async def test_strict_cache_raises_instead_of_returning_no_count(refusing_url: s
 # -- invalidation racing a fetch ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="core gap: Cache stores a value fetched before a delete that lands during the fetch "
-    "(SPEC section 3, 'Invalidation is safe under races'); fix in Cache, then this passes",
-    strict=True,
-)
 async def test_delete_during_a_fetch_is_not_undone_by_the_fetch() -> None:
     """The guide's update flow: a read starts, the row changes and the key is deleted, the read ends."""
     database = {"title": "old"}

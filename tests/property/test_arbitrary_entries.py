@@ -28,9 +28,9 @@ from cachetier.backends import Backend, MemoryBackend, RedisBackend
 from cachetier.serializers import JsonSerializer
 
 NOW = 1_750_000_000.0
-HEADER = struct.Struct("<BBBBddf")
+HEADER = struct.Struct("<BBBBIddf")
 MAGIC = 0xC1
-FORMAT = 1
+FORMAT = 2
 SIGNING_KEY = b"property-test-signing-key-0123456789"
 
 _keys = itertools.count()
@@ -72,7 +72,7 @@ def expected_read(
         return Expected(may_miss=False, value=int(data), may_hit=True)
     if signed or len(data) < HEADER.size or data[0] != MAGIC:
         return MISS
-    _, version, flags, reserved, created, fresh_until, delta = HEADER.unpack_from(data)
+    _, version, flags, reserved, _generation, created, fresh_until, delta = HEADER.unpack_from(data)
     if version != FORMAT:
         return MISS  # a format this release cannot read
     if not all(map(math.isfinite, (created, fresh_until, delta))):
@@ -86,6 +86,11 @@ def expected_read(
     except (ValueError, pydantic.ValidationError):
         return MISS
     return Expected(may_miss=lenient, value=value, may_hit=True)
+
+
+def _is_lease(data: bytes) -> bool:
+    """A lease: another computation holds the key, so a miss computes without storing."""
+    return len(data) == 18 and data[:2] == b"\xc3\xff"
 
 
 def _is_counter(data: bytes) -> bool:
@@ -168,6 +173,8 @@ def entry_like(draw: st.DrawFn) -> bytes:
         draw(st.just(FORMAT) | st.integers(0, 255)),
         draw(st.just(0) | st.integers(0, 255)),
         draw(st.just(0) | st.integers(0, 255)),
+        # Any generation: each example's cache is new, learns 0, and adopts a later one.
+        draw(st.just(0) | st.integers(0, 2**32 - 1)),
         draw(st.just(NOW - 1) | st.floats()),
         draw(timestamps),
         draw(st.just(0.0) | st.floats(width=32)),
@@ -199,14 +206,15 @@ def entry(
     created: float = NOW - 1,
 ) -> bytes:
     """Bytes laid out as an entry, with any field overridden."""
-    return HEADER.pack(magic, version, flags, 0, created, fresh_until, 0.0) + payload
+    return HEADER.pack(magic, version, flags, 0, 0, created, fresh_until, 0.0) + payload
 
 
 # Cases every run checks, whatever Hypothesis draws: each payload decodes for some reader.
 DECODABLE = [b"{}", b'{"name":"x","qty":1}', b"1", b"[1]", b"null"]
 ALWAYS_CHECKED = [
     *(entry(payload, version=0) for payload in DECODABLE),  # an unknown format
-    *(entry(payload, version=2) for payload in DECODABLE),
+    *(entry(payload, version=1) for payload in DECODABLE),  # the format before generations
+    *(entry(payload, version=3) for payload in DECODABLE),
     *(entry(payload, magic=0xC2) for payload in DECODABLE),  # signed, with no valid tag
     entry(b"{}", fresh_until=NOW - 1),  # stale
     entry(b"{}", fresh_until=math.nan),
@@ -241,9 +249,30 @@ PROPERTY_SETTINGS = settings(
 
 @dataclass
 class Subject:
-    cache: Cache
     backend: Backend
     signed: bool
+
+    @property
+    def cache(self) -> Cache:
+        """A new cache over the backend for each example.
+
+        A cache adopts the generation of any entry it reads that is later than its own (the
+        counter only grows), so a shared one would carry each example's drawn generation into
+        the next. A new one learns the counter (absent: 0) with its first read, and reads the
+        entry of its example as it would in a new process.
+        """
+        cache = self.__dict__.get("_cache")
+        if cache is None:
+            cache = self.__dict__["_cache"] = Cache(
+                self.backend,
+                namespace="arbitrary",
+                clock=lambda: NOW,
+                signing_key=SIGNING_KEY if self.signed else None,
+            )
+        return cache
+
+    def next_example(self) -> None:
+        self.__dict__.pop("_cache", None)
 
 
 @pytest.fixture(
@@ -258,14 +287,8 @@ async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
     else:
         client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
         backend = RedisBackend(client)
-    cache = Cache(
-        backend,
-        namespace="arbitrary",
-        clock=lambda: NOW,
-        signing_key=SIGNING_KEY if signed else None,
-    )
-    async with cache:
-        yield Subject(cache, backend, bool(signed))
+    yield Subject(backend, bool(signed))
+    await backend.aclose()
     if client is not None:
         await client.aclose()
 
@@ -279,6 +302,7 @@ async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
 async def test_get_of_arbitrary_bytes_is_a_miss_or_the_value_written(
     subject: Subject, data: bytes
 ) -> None:
+    subject.next_example()
     key = f"k{next(_keys)}"
     await subject.backend.set(subject.cache.keys.full(key), data)
     own = object()
@@ -293,6 +317,7 @@ async def test_get_of_arbitrary_bytes_is_a_miss_or_the_value_written(
 async def test_get_or_set_over_arbitrary_bytes_returns_the_value_written_or_fetches(
     subject: Subject, data: bytes
 ) -> None:
+    subject.next_example()
     key = f"k{next(_keys)}"
     await subject.backend.set(subject.cache.keys.full(key), data)
     own = {"own": next(_keys)}
@@ -306,7 +331,7 @@ async def test_get_or_set_over_arbitrary_bytes_returns_the_value_written_or_fetc
     result = await subject.cache.get_or_set(key, fetch, ttl=60)
     assert runs <= 1
     assert_read(result, runs == 1, own, expected_read(data, _json, signed=subject.signed), data)
-    if runs:
+    if runs and not _is_lease(data):
         # What was there is replaced: the next read is a hit of the fetched value.
         assert await subject.cache.get_or_set(key, fetch, ttl=60) == own
         assert runs == 1
@@ -337,6 +362,7 @@ TYPED = {
 async def test_decorated_call_over_arbitrary_bytes_returns_a_written_value_of_its_type_or_runs(
     subject: Subject, typed: Typed, data: bytes
 ) -> None:
+    subject.next_example()
     runs = 0
 
     async def compute(n: int) -> Any:

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
-__all__ = ("Backend", "LockingBackend", "Notifications", "ServerInfoBackend")
+__all__ = ("Backend", "GuardedBackend", "LockingBackend", "Notifications", "ServerInfoBackend")
 
 
 class Backend(Protocol):
@@ -129,4 +129,43 @@ class LockingBackend(Protocol):
 
     def subscribe(self, channel: str) -> AbstractAsyncContextManager[Notifications]:
         """Subscribes to ``channel``; messages published after entry are delivered to ``wait``."""
+        ...
+
+
+@runtime_checkable
+class GuardedBackend(Protocol):
+    """A backend with the conditional writes and tag indexes that make invalidation race-safe.
+
+    `Cache` holds the key of a value being computed with a lease (`Backend.add`) and stores the
+    result with `set_if` on that lease, so an invalidation that removed the lease meanwhile
+    wins. Tags are kept as indexes of member keys that `tag_invalidate` removes. Without this
+    protocol a backend still caches, but tags are refused and invalidation is not race-safe.
+    """
+
+    async def set_if(self, key: str, expected: bytes, value: bytes, ttl: float | None) -> bool:
+        """Stores ``value`` only if the value at ``key`` starts with ``expected``; returns whether it did.
+
+        ``ttl`` applies as in `Backend.set`. ``expected`` is never empty.
+        """
+        ...
+
+    async def delete_if(self, key: str, expected: bytes) -> bool:
+        """Removes ``key`` only if its value is exactly ``expected``; returns whether it did."""
+        ...
+
+    async def tag_add(self, tags: Sequence[str], member: str, ttl: float | None) -> None:
+        """Records ``member`` (a key) in the index at each of ``tags`` for ``ttl`` seconds.
+
+        Members whose time is up are dropped as indexes grow, and an index expires once its
+        last member's time is up, so indexes stay bounded by the keys recorded in the last
+        ``ttl`` seconds. ``None`` records the member until it is invalidated.
+        """
+        ...
+
+    async def tag_invalidate(self, tag: str, *, batch: int = 500) -> int:
+        """Removes the keys indexed at ``tag`` and their index entries, ``batch`` at a time.
+
+        Returns how many keys existed. Each batch is one bounded step, so the store stays
+        responsive during a large invalidation.
+        """
         ...

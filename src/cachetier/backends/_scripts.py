@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ("RELEASE_LOCK",)
+__all__ = ("RELEASE_LOCK", "SET_IF", "TAG_ADD", "TAG_INVALIDATE")
 
 # Releases a lock only while it still holds the releaser's token. Without the comparison, a
 # holder whose lock expired mid-computation would delete the lock that another process took
@@ -19,4 +19,65 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
 end
 return 0
+"""
+
+# Stores a computed value only if the key still holds what the computation started from (its
+# lease, or the stale entry it refreshes). A delete or invalidation that removed or replaced it
+# meanwhile means the value may predate the change, and storing it would serve old data.
+# KEYS[1]: the key; ARGV[1]: the expected leading bytes; ARGV[2]: the value; ARGV[3]: PX
+# milliseconds, "0" for no expiry. Returns 1 if stored, 0 if not.
+SET_IF: Final = """
+local current = redis.call('GET', KEYS[1])
+if not current or string.sub(current, 1, #ARGV[1]) ~= ARGV[1] then
+    return 0
+end
+if ARGV[3] == '0' then
+    redis.call('SET', KEYS[1], ARGV[2])
+else
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return 1
+"""
+
+# Records a member key in tag indexes (sorted sets scored by when the member's time is up, in
+# server milliseconds). Members whose time is up go first, and each index expires with its
+# last member, so indexes hold only keys recorded within their TTL. Server time keeps every
+# client's scores on one clock. KEYS: the tag indexes; ARGV[1]: the member; ARGV[2]: its TTL
+# in milliseconds, "0" for none.
+TAG_ADD: Final = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+local score = '+inf'
+if ttl > 0 then
+    score = tostring(now + ttl)
+end
+for _, key in ipairs(KEYS) do
+    local existed = redis.call('EXISTS', key)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. now)
+    redis.call('ZADD', key, score, ARGV[1])
+    if ttl == 0 then
+        redis.call('PERSIST', key)
+    else
+        local left = redis.call('PTTL', key)
+        if existed == 0 or (left >= 0 and left < ttl) then
+            redis.call('PEXPIRE', key, ttl)
+        end
+    end
+end
+return 0
+"""
+
+# Removes one batch of the keys a tag index holds, then their index entries (in that order, so
+# a failure in between leaves keys indexed, never unreachable by the next invalidation).
+# KEYS[1]: the index; ARGV[1]: the batch size. Returns {members removed, keys that existed}.
+# The member keys are not declared in KEYS: this script runs on one server, never a cluster.
+TAG_INVALIDATE: Final = """
+local members = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #members == 0 then
+    return {0, 0}
+end
+local existed = redis.call('UNLINK', unpack(members))
+redis.call('ZREM', KEYS[1], unpack(members))
+return {#members, existed}
 """

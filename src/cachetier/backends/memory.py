@@ -58,6 +58,21 @@ _INT64_MAX: Final = 2**63 - 1
 _CANONICAL_INT: Final = re.compile(rb"-?[1-9][0-9]{0,19}|0")
 
 
+_TAG_PRUNE_MIN: Final = 64
+"""Members an index may hold before its first pruning."""
+
+
+@final
+class _TagIndex:
+    """The members (keys) recorded under one tag, each with the clock reading its time is up."""
+
+    __slots__ = ("members", "prune_at")
+
+    def __init__(self) -> None:
+        self.members: dict[str, float] = {}
+        self.prune_at = _TAG_PRUNE_MIN
+
+
 def _check_limit(name: str, value: object) -> None:
     """Raises `ConfigurationError` unless ``value`` is a positive ``int`` or ``None``."""
     if value is None:
@@ -124,6 +139,7 @@ class MemoryBackend:
         "_max_entries",
         "_sweep_keys",
         "_sweep_pos",
+        "_tags",
         "_touch",
         "_used_bytes",
     )
@@ -149,6 +165,7 @@ class MemoryBackend:
         self._used_bytes = 0
         self._sweep_keys: list[str] = []
         self._sweep_pos = 0
+        self._tags: dict[str, _TagIndex] = {}
 
     def __repr__(self) -> str:
         return (
@@ -379,6 +396,60 @@ class MemoryBackend:
                 await asyncio.sleep(0)
         if batch:
             yield batch
+
+    async def set_if(self, key: str, expected: bytes, value: bytes, ttl: float | None) -> bool:
+        """Stores ``value`` only if the live value at ``key`` starts with ``expected``."""
+        now = self._clock()
+        entry = self._live_entry(key, now)
+        if entry is None or not entry[0].startswith(expected):
+            return False
+        self._sweep(now, _SWEEP_STEP)
+        return self._store(key, value, ttl, now)
+
+    async def delete_if(self, key: str, expected: bytes) -> bool:
+        """Removes ``key`` only if its live value is exactly ``expected``."""
+        entry = self._live_entry(key)
+        if entry is None or entry[0] != expected:
+            return False
+        self._remove(key, entry[0])
+        return True
+
+    async def tag_add(self, tags: Sequence[str], member: str, ttl: float | None) -> None:
+        """Records ``member`` in the index of each tag until ``ttl`` seconds from now.
+
+        An index is pruned of members whose time is up or whose key is gone each time it
+        doubles in size, which keeps it within twice its live members at O(1) amortized cost.
+        """
+        if ttl is not None and not ttl > 0:
+            _check_ttl(member, ttl)
+        now = self._clock()
+        deadline = math.inf if ttl is None else now + ttl
+        for tag in tags:
+            index = self._tags.get(tag)
+            if index is None:
+                index = self._tags[tag] = _TagIndex()
+            index.members[member] = deadline
+            if len(index.members) >= index.prune_at:
+                self._prune(index, now)
+
+    async def tag_invalidate(self, tag: str, *, batch: int = 500) -> int:
+        """Removes the keys indexed at ``tag`` and the index; returns how many keys were live."""
+        index = self._tags.pop(tag, None)
+        if index is None:
+            return 0
+        return await self.delete(*index.members)
+
+    @property
+    def tag_members(self) -> int:
+        """Returns how many members all tag indexes hold, expired ones not yet pruned included."""
+        return sum(len(index.members) for index in self._tags.values())
+
+    def _prune(self, index: _TagIndex, now: float) -> None:
+        members = index.members
+        for member, deadline in list(members.items()):
+            if deadline <= now or self._live_entry(member, now) is None:
+                del members[member]
+        index.prune_at = max(_TAG_PRUNE_MIN, 2 * len(members))
 
     async def ping(self) -> None:
         """Returns at once: memory always answers."""

@@ -66,6 +66,21 @@ class NullBackend:
         """Returns ``amount``."""
         return amount
 
+    async def set_if(self, key: str, expected: bytes, value: bytes, ttl: float | None) -> bool:
+        """Returns ``False``: nothing is ever stored, so nothing matches ``expected``."""
+        return False
+
+    async def delete_if(self, key: str, expected: bytes) -> bool:
+        """Returns ``False``."""
+        return False
+
+    async def tag_add(self, tags: Sequence[str], member: str, ttl: float | None) -> None:
+        """Records nothing."""
+
+    async def tag_invalidate(self, tag: str, *, batch: int = 500) -> int:
+        """Returns 0."""
+        return 0
+
     async def scan(self, pattern: str, *, count: int = 500) -> AsyncIterator[list[str]]:
         """Yields nothing."""
         nothing: list[list[str]] = []

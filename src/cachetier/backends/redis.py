@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .._errors import BackendError, ConfigurationError, CounterError
 from .._redact import redact_url
 from ._protocol import Notifications
-from ._scripts import RELEASE_LOCK
+from ._scripts import RELEASE_LOCK, SET_IF, TAG_ADD, TAG_INVALIDATE
 
 __all__ = ("RedisBackend",)
 
@@ -79,6 +79,9 @@ class RedisBackend:
         "_label",
         "_owns_client",
         "_release",
+        "_set_if",
+        "_tag_add",
+        "_tag_invalidate",
     )
 
     def __init__(self, client: Redis, *, owns_client: bool = False) -> None:
@@ -105,6 +108,9 @@ class RedisBackend:
         # may decode; this one was just checked not to, so its GET returns ``bytes | None``.
         self._get = cast("Callable[[str], Awaitable[bytes | None]]", client.get)
         self._release = client.register_script(RELEASE_LOCK)
+        self._set_if = client.register_script(SET_IF)
+        self._tag_add = client.register_script(TAG_ADD)
+        self._tag_invalidate = client.register_script(TAG_INVALIDATE)
 
     @classmethod
     def from_url(
@@ -419,6 +425,51 @@ class RedisBackend:
             return bool(await self._release(keys=[name], args=[token]))
         except _FAILURES as exc:
             raise self._failure("EVALSHA (lock release)", exc) from exc
+
+    # -- guarded writes and tags (GuardedBackend) --------------------------------------------
+
+    async def set_if(self, key: str, expected: bytes, value: bytes, ttl: float | None) -> bool:
+        """Stores ``value`` only if the value at ``key`` starts with ``expected`` (a Lua script)."""
+        try:
+            stored = await self._set_if(
+                keys=[key], args=[expected, value, "0" if ttl is None else _px(ttl)]
+            )
+        except _FAILURES as exc:
+            raise self._failure("EVALSHA (set_if)", exc) from exc
+        return bool(stored)
+
+    async def delete_if(self, key: str, expected: bytes) -> bool:
+        """Removes ``key`` only if its value is exactly ``expected`` (a Lua compare-and-delete)."""
+        try:
+            return bool(await self._release(keys=[key], args=[expected]))
+        except _FAILURES as exc:
+            raise self._failure("EVALSHA (delete_if)", exc) from exc
+
+    async def tag_add(self, tags: Sequence[str], member: str, ttl: float | None) -> None:
+        """Records ``member`` in the sorted sets at ``tags``, scored by server time (a Lua script)."""
+        if not tags:
+            return
+        try:
+            await self._tag_add(keys=list(tags), args=[member, "0" if ttl is None else _px(ttl)])
+        except _FAILURES as exc:
+            raise self._failure("EVALSHA (tag_add)", exc) from exc
+
+    async def tag_invalidate(self, tag: str, *, batch: int = 500) -> int:
+        """UNLINKs the keys indexed at ``tag`` one Lua step of ``batch`` keys at a time."""
+        existed = 0
+        try:
+            # Members recorded while this runs are new entries; stop once the members present
+            # at the start could all have been removed, so a busy tag cannot keep us here.
+            remaining = int(await self._client.zcard(tag))
+            while remaining > 0:
+                removed, found = await self._tag_invalidate(keys=[tag], args=[batch])
+                existed += int(found)
+                if not removed:
+                    break
+                remaining -= int(removed)
+        except _FAILURES as exc:
+            raise self._failure("EVALSHA (tag_invalidate)", exc) from exc
+        return existed
 
     async def publish(self, channel: str) -> None:
         """Sends an empty message on ``channel`` (PUBLISH), waking its subscribers."""
