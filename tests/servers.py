@@ -11,7 +11,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_ports(count: int) -> list[int]:
+    """Returns ``count`` distinct free loopback ports (all held open until all are chosen)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 def _answers(port: int) -> bool:
@@ -240,3 +249,202 @@ class TlsRedisServer(RedisServer):
                 self.stop()
                 raise RuntimeError(f"redis-server with TLS did not start on port {self.port}")
             time.sleep(0.02)
+
+
+# -- helpers for Redis Cluster and Sentinel tests ----------------------------------------------
+
+REDIS_CLI = shutil.which("redis-cli")
+
+
+def _command(port: int, *args: str) -> str:
+    """Runs one command with redis-cli against 127.0.0.1:``port``; returns its raw output."""
+    assert REDIS_CLI is not None
+    completed = subprocess.run(
+        [REDIS_CLI, "-h", "127.0.0.1", "-p", str(port), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    return completed.stdout
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def _info_fields(text: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.strip().partition(":")
+        if sep:
+            fields[name] = value
+    return fields
+
+
+class RedisClusterServers:
+    """A Redis Cluster of ``size`` primaries and no replicas on 127.0.0.1, in one directory.
+
+    Each node gets a free port and a free cluster-bus port (``cluster-port``, so the bus never
+    collides with another process on port + 10000). `start` returns once every node reports
+    ``cluster_state:ok`` with all 16384 slots assigned and agrees on the node count.
+    """
+
+    def __init__(self, directory: Path, size: int = 3) -> None:
+        if REDIS_SERVER is None or REDIS_CLI is None:
+            raise RuntimeError("redis-server or redis-cli is not on PATH")
+        self.directory = directory
+        self.nodes: list[RedisServer] = []
+        ports = free_ports(2 * size)
+        for port, bus_port in zip(ports[:size], ports[size:], strict=True):
+            options = (
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", f"nodes-{port}.conf",
+                "--cluster-port", str(bus_port),
+                "--cluster-node-timeout", "5000",
+            )  # fmt: skip
+            self.nodes.append(RedisServer(directory, port, *options))
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """A ``redis+cluster://`` URL naming every node as a startup node."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def start(self) -> None:
+        try:
+            for node in self.nodes:
+                node.start()
+            assert REDIS_CLI is not None
+            subprocess.run(
+                [
+                    REDIS_CLI, "--cluster", "create",
+                    *(f"127.0.0.1:{port}" for port in self.ports),
+                    "--cluster-replicas", "0", "--cluster-yes",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )  # fmt: skip
+            _wait_for(self._ready, "cluster_state:ok on every node")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _ready(self) -> bool:
+        for port in self.ports:
+            info = _info_fields(_command(port, "CLUSTER", "INFO"))
+            if (
+                info.get("cluster_state") != "ok"
+                or info.get("cluster_slots_ok") != "16384"
+                or info.get("cluster_known_nodes") != str(len(self.nodes))
+            ):
+                return False
+        return True
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+@contextlib.contextmanager
+def running_cluster(directory: Path, size: int = 3) -> Iterator[RedisClusterServers]:
+    cluster = RedisClusterServers(directory, size)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+class SentinelServers:
+    """One Redis primary and one Sentinel (``redis-server --sentinel``) monitoring it.
+
+    The service is `SERVICE`. `start` returns once the Sentinel names the primary's address
+    for it and does not consider it down. ``password``, when given, protects the primary
+    (``requirepass``) and is given to the Sentinel (``auth-pass``); the Sentinel itself takes
+    no password.
+    """
+
+    SERVICE = "mymaster"
+
+    def __init__(self, directory: Path, password: str | None = None) -> None:
+        if REDIS_SERVER is None or REDIS_CLI is None:
+            raise RuntimeError("redis-server or redis-cli is not on PATH")
+        self.directory = directory
+        self.password = password
+        primary_port, self.sentinel_port = free_ports(2)
+        self.primary = RedisServer(directory, primary_port)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = directory / "sentinel.log"
+
+    @property
+    def url(self) -> str:
+        """A ``redis+sentinel://`` URL for `SERVICE`, with the password when there is one."""
+        credentials = f":{self.password}@" if self.password else ""
+        return f"redis+sentinel://{credentials}127.0.0.1:{self.sentinel_port}/{self.SERVICE}"
+
+    def start(self) -> None:
+        assert REDIS_SERVER is not None
+        try:
+            self.primary.start()
+            if self.password:
+                # Set once it answers: RedisServer.start waits for a PING, which needs no AUTH.
+                _command(self.primary.port, "CONFIG", "SET", "requirepass", self.password)
+            config = self.directory / "sentinel.conf"
+            lines = [
+                f"port {self.sentinel_port}",
+                "bind 127.0.0.1",
+                f"dir {self.directory}",
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary.port} 1",
+                f"sentinel down-after-milliseconds {self.SERVICE} 5000",
+            ]
+            if self.password:
+                lines.append(f"sentinel auth-pass {self.SERVICE} {self.password}")
+            # Sentinel rewrites its configuration file, so it must be a file of its own.
+            config.write_text("\n".join(lines) + "\n")
+            with self.log.open("wb") as log:
+                self.process = subprocess.Popen(
+                    [REDIS_SERVER, str(config), "--sentinel"], stdout=log, stderr=subprocess.STDOUT
+                )
+            _wait_for(self._ready, f"the Sentinel on port {self.sentinel_port} to see the primary")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            output = self.log.read_text(errors="replace")
+            raise RuntimeError(f"redis-server --sentinel exited at start:\n{output[-2000:]}")
+        if not _answers(self.sentinel_port):
+            return False
+        lines = _command(self.sentinel_port, "SENTINEL", "MASTER", self.SERVICE).splitlines()
+        state = dict(zip(lines[::2], lines[1::2], strict=False))
+        return state.get("port") == str(self.primary.port) and state.get("flags") == "master"
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self.primary.stop()
+
+
+@contextlib.contextmanager
+def running_sentinel(directory: Path, password: str | None = None) -> Iterator[SentinelServers]:
+    servers = SentinelServers(directory, password)
+    servers.start()
+    try:
+        yield servers
+    finally:
+        servers.stop()

@@ -52,9 +52,8 @@ _logger: Final = logging.getLogger("cachetier")
 _MIB: Final = 1024 * 1024
 _ENV_PREFIX: Final = "CACHE_"
 _REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
-# Reserved for the Sentinel and Cluster clients of a later release; refused with a clear
-# message meanwhile rather than half-working through the single-server client.
-_RESERVED_SCHEMES: Final = frozenset({"redis+sentinel", "redis+cluster"})
+# URLs naming several hosts, comma separated: Sentinels, or startup nodes of a cluster.
+_MULTI_HOST_SCHEMES: Final = ("redis+sentinel", "redis+cluster", "rediss+cluster")
 _SCHEME_SHAPE: Final = re.compile(r"[a-z][a-z0-9+.\-]{0,19}")
 _WHITESPACE: Final = re.compile(r"\s")
 
@@ -88,7 +87,11 @@ class CacheSettings(BaseSettings):
     redis_url: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("REDIS_URL", "redis_url"),
-        description="redis://, rediss:// (TLS) or unix:// URL of the Redis server; may hold a password.",
+        description=(
+            "redis://, rediss:// (TLS) or unix:// URL of the Redis server, redis+sentinel:// of "
+            "its Sentinels, or redis+cluster:// (rediss+cluster://) of a cluster; may hold a "
+            "password."
+        ),
     )
     redis_enabled: bool = Field(
         default=True,
@@ -312,7 +315,7 @@ def startup_log_line(settings: CacheSettings, backend: Backend) -> str:
     The reason for the backend is added when ``backend`` is the one ``settings`` lead to.
     """
     parts = [f"backend={backend.kind}"]
-    if backend.kind == "redis" and settings.redacted_url is not None:
+    if backend.kind in ("redis", "redis-cluster") and settings.redacted_url is not None:
         parts.append(f"url={settings.redacted_url}")
     parts += [
         f"default_ttl={settings.default_ttl:g}s",
@@ -339,16 +342,16 @@ def _redis_url_problem(url: str) -> str | None:
     except ValueError:
         return "is not a valid URL"
     scheme = parts.scheme.lower()
-    if scheme in _RESERVED_SCHEMES:
-        return (
-            f'scheme must be redis://, rediss:// or unix:// (got "{scheme}", '
-            "which this release does not support yet)"
-        )
+    if scheme in _MULTI_HOST_SCHEMES:
+        return _multi_host_url_problem(scheme, url)
     if scheme not in _REDIS_SCHEMES:
         # A URL without "scheme://" parses its first segment as the scheme; that may be a
         # user name or worse, so only a short scheme-shaped word is quoted back.
         got = f'"{scheme}"' if "://" in url and _SCHEME_SHAPE.fullmatch(scheme) else "no scheme"
-        return f"scheme must be redis://, rediss:// or unix:// (got {got})"
+        return (
+            f"scheme must be redis://, rediss:// or unix:// (got {got}); Sentinel and Cluster "
+            "URLs use redis+sentinel://, redis+cluster:// or rediss+cluster://"
+        )
     if scheme == "unix":
         if not parts.path.strip("/"):
             return "unix:// URL must give the socket path, as in unix:///run/redis.sock"
@@ -364,6 +367,30 @@ def _redis_url_problem(url: str) -> str | None:
     database = parts.path.strip("/")
     if database and not database.isdigit():
         return "database must be a number after the host, as in /0"
+    return None
+
+
+def _multi_host_url_problem(scheme: str, url: str) -> str | None:
+    """Returns what is wrong with a Sentinel or Cluster URL, or ``None``; never quotes it."""
+    from .backends._hosts import split_hosts  # no redis-py import: a plain parser
+
+    example = "host:26379/mymaster" if scheme == "redis+sentinel" else "host1:6379,host2:6379"
+    try:
+        hosts = split_hosts(url, base_scheme="redis", default_port=0)
+    except ValueError as exc:
+        return f"{scheme}:// URL is malformed: {exc}, as in {scheme}://{example}"
+    path = hosts.path.strip("/")
+    if scheme == "redis+sentinel":
+        service, _, database = path.partition("/")
+        if not service or service.isdigit():
+            # "/0" alone is a database written where the service belongs.
+            return (
+                f"{scheme}:// URL must name the service after the hosts, as in {scheme}://{example}"
+            )
+        if database and not database.isdigit():
+            return "database must be a number after the service, as in /mymaster/0"
+    elif path not in ("", "0"):
+        return f"{scheme}:// URL must not name a database: a cluster has only database 0"
     return None
 
 

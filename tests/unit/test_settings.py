@@ -194,7 +194,7 @@ def test_settings_are_immutable() -> None:
             'REDIS_URL: scheme must be redis://, rediss:// or unix:// (got "http")',
         ),
         ("REDIS_URL", "localhost:6379", "REDIS_URL: scheme must be redis://"),
-        ("REDIS_URL", "redis+sentinel://h:26379/mymaster", "does not support yet"),
+        ("REDIS_URL", "redis+sentinel://h:26379", "REDIS_URL: redis+sentinel:// URL must name"),
         ("REDIS_URL", "redis://:6379/0", "REDIS_URL: redis:// URL must give a host"),
         ("REDIS_URL", "redis://h:port/0", "REDIS_URL: port must be a number"),
         ("REDIS_URL", "redis://h:6379/zero", "REDIS_URL: database must be a number"),

@@ -8,7 +8,7 @@ import math
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Final, Literal, cast, final
+from typing import TYPE_CHECKING, Final, Literal, cast, final
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import PubSub
@@ -22,6 +22,9 @@ from .._errors import BackendError, ConfigurationError, CounterError
 from .._redact import redact_url
 from ._protocol import Notifications
 from ._scripts import RELEASE_LOCK, SET_IF, TAG_ADD, TAG_INVALIDATE
+
+if TYPE_CHECKING:
+    from ._cluster import RedisClusterBackend
 
 __all__ = ("RedisBackend",)
 
@@ -127,13 +130,31 @@ class RedisBackend:
         ssl_certfile: str | None = None,
         ssl_keyfile: str | None = None,
         ssl_cert_reqs: ssl.VerifyMode | Literal["none", "optional", "required"] | None = None,
-    ) -> RedisBackend:
+    ) -> RedisBackend | RedisClusterBackend:
         """Returns a backend owning a new connection pool to ``url``; connects on first use.
 
-        ``url`` is parsed by redis-py: ``redis://[[user]:password@]host[:port][/db]``,
-        ``rediss://`` for TLS (the ``ssl_*`` arguments apply only there) and
-        ``unix://[[user]:password@]/path/to/socket?db=N``. Options in the query string win
-        over the arguments, as in redis-py.
+        ``url`` is parsed by redis-py; the forms are:
+
+        - ``redis://[[user]:password@]host[:port][/db]``: one server.
+        - ``rediss://...``: the same over TLS (the ``ssl_*`` arguments apply only to TLS URLs).
+        - ``unix://[[user]:password@]/path/to/socket?db=N``: one server on a Unix socket.
+        - ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]``: the
+          master that the Sentinels (port 26379 unless given) name for ``service``, through
+          redis-py's ``Sentinel(...).master_for(service)``. The credentials and database are
+          the master's; Sentinels are asked without credentials and with the same timeouts.
+          Each new connection asks them for the master, so after a failover new connections
+          reach the new master. The backend is a `RedisBackend` of kind ``"redis"``.
+        - ``redis+cluster://[[user]:password@]host[:port][,host[:port]...]``, and
+          ``rediss+cluster://`` for TLS: a Redis Cluster found from these startup nodes (port
+          6379 unless given), through redis-py's ``RedisCluster``. The backend is a
+          ``RedisClusterBackend`` of kind ``"redis-cluster"``, which splits every multi-key
+          operation by hash slot and scans every primary. ``max_connections`` applies per
+          node, and ``retries`` counts retries after a connection error *or a timeout*
+          (redis-py's cluster client does not tell them apart), each after a topology
+          refresh; there is none by default.
+
+        Options in the query string win over the arguments, as in redis-py. Credentials in
+        ``url`` never appear in the backend's ``repr`` or in its errors.
 
         Args:
             connect_timeout: Seconds to open a connection, TLS handshake included.
@@ -159,7 +180,8 @@ class RedisBackend:
 
         Raises:
             ConfigurationError: ``url`` is not a Redis URL, an argument is out of range, or
-                ``ssl_*`` arguments come with a URL other than ``rediss://``.
+                ``ssl_*`` arguments come with a URL other than ``rediss://`` or
+                ``rediss+cluster://``.
         """
         _check_positive("connect_timeout", connect_timeout)
         _check_positive("command_timeout", command_timeout)
@@ -183,11 +205,13 @@ class RedisBackend:
             if value is not None
         }
         redacted = redact_url(url)
-        if tls and not url.lower().startswith("rediss:"):
+        scheme = url.partition("://")[0].lower()
+        if tls and scheme not in ("rediss", "rediss+cluster"):
             # Only redis-py's TLS connection class accepts these; any other class would fail
             # on the first connection instead of here.
             raise ConfigurationError(
-                f"{', '.join(sorted(tls))} apply to rediss:// URLs only, not to {redacted}"
+                f"{', '.join(sorted(tls))} apply to rediss:// and rediss+cluster:// URLs only, "
+                f"not to {redacted}"
             )
         # No asyncio.timeout of our own wraps the calls: with socket_timeout set, redis-py
         # already bounds each step (asyncio/connection.py: `_connect` under the connect timeout,
@@ -195,6 +219,43 @@ class RedisBackend:
         # second timer would add no bound and cost about 5-7 us per GET on CPython 3.11. The
         # worst case is the sum of the steps one call can take (connect, up to three handshake
         # replies, write, reply), times ``retries + 1``.
+        if scheme in ("redis+cluster", "rediss+cluster"):
+            # Imported here: _cluster imports this module's helpers.
+            from ._cluster import RedisClusterBackend
+
+            try:
+                return RedisClusterBackend._from_url(
+                    url,
+                    connect_timeout=connect_timeout,
+                    command_timeout=command_timeout,
+                    max_connections=max_connections,
+                    retries=retries,
+                    health_check_interval=health_check_interval,
+                    client_name=client_name,
+                    tls=tls,
+                )
+            except ValueError as exc:
+                raise ConfigurationError(f"the Redis URL {redacted} is invalid: {exc}") from None
+        if scheme in ("redis+sentinel", "rediss+sentinel"):
+            from ._sentinel import sentinel_client
+
+            try:
+                client = sentinel_client(
+                    url,
+                    max_connections=max_connections,
+                    socket_timeout=command_timeout,
+                    socket_connect_timeout=connect_timeout,
+                    retry=Retry(
+                        NoBackoff(), max(retries, 1), supported_errors=(RedisConnectionError,)
+                    ),
+                    health_check_interval=health_check_interval,
+                    client_name=client_name,
+                )
+            except ValueError as exc:
+                raise ConfigurationError(f"the Redis URL {redacted} is invalid: {exc}") from None
+            backend = cls(client, owns_client=True)
+            backend._label = f"url={redacted!r}"
+            return backend
         try:
             pool = ConnectionPool.from_url(
                 url,

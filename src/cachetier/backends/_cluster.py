@@ -1,0 +1,615 @@
+"""`RedisClusterBackend`: the `Backend` protocol over redis-py's asyncio Redis Cluster client.
+
+Reached through `RedisBackend.from_url` with a ``redis+cluster://`` or ``rediss+cluster://``
+URL, or built over a ``redis.asyncio.cluster.RedisCluster`` the caller already has.
+
+Redis Cluster refuses a command whose keys lie in different hash slots (CROSSSLOT), so every
+operation on several keys is split here, never left to fail:
+
+- `get_many`: one MGET per slot, all pipelined, so one round trip per primary.
+- `set_many`: one SET (with ``PX`` when there is a ttl) per key in one pipeline, grouped by
+  node: one round trip per primary.
+- `delete`: one UNLINK per slot, pipelined per node.
+- `scan`: SCAN on every primary in turn, each to its own cursor's end.
+- scripts (lock release, guarded writes, tag indexes, counters with a ttl) touch one key each.
+- `tag_invalidate`: the index lives in one slot and its members anywhere, so it reads a batch
+  of members, UNLINKs them by slot, then removes them from the index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Final, cast, final
+
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, ResponseError
+
+from .._errors import BackendError, ConfigurationError, CounterError
+from .._redact import redact_url
+from ._cluster_errors import CLUSTER_FAILURES as _CLUSTER_FAILURES
+from ._cluster_errors import cluster_failure
+from ._hosts import split_hosts
+from ._protocol import Notifications
+from ._scripts import RELEASE_LOCK, SET_IF, TAG_ADD
+from .redis import _decode_keys, _milliseconds, _px
+
+__all__ = ("RedisClusterBackend",)
+
+_INFO_SUMS: Final = (
+    ("connected_clients", "connected_clients"),
+    ("instantaneous_ops_per_sec", "ops_per_sec"),
+)
+
+_MEBIBYTE: Final = 1024 * 1024
+
+_CLUSTER_PORT: Final = 6379
+
+# The connection options of the cluster's nodes that the plain client of one node (the one
+# lock wake-ups are published and subscribed on) takes as well.
+_NODE_CLIENT_OPTIONS: Final = frozenset(
+    {
+        "username",
+        "password",
+        "credential_provider",
+        "client_name",
+        "socket_timeout",
+        "socket_connect_timeout",
+        "socket_keepalive",
+        "socket_keepalive_options",
+        "health_check_interval",
+    }
+)
+
+# INCRBY on a key that, when absent, is created with an expiry first: the counter's TTL is set
+# atomically with its first increment, and an existing key keeps its expiry. One key, so it
+# runs in a cluster (where RedisBackend's MULTI/EXEC would need redis-py's cluster
+# transactions). An INCRBY error aborts the script after a SET NX that changed nothing, since
+# the key existed. KEYS[1]: the counter; ARGV[1]: the amount; ARGV[2]: PX milliseconds.
+_INCR_WITH_TTL: Final = """
+redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[2])
+return redis.call('INCRBY', KEYS[1], ARGV[1])
+"""
+
+# Removes members from a tag index only if their score is still the one read before their
+# keys were UNLINKed. A member whose score changed was recorded again meanwhile (TAG_ADD) by a
+# computation that started after the UNLINK, and must stay indexed so that the next
+# invalidation finds the value it stores. Scores are compared as the server formats them
+# (ZRANGE WITHSCORES and ZSCORE format alike). A member recorded without expiry keeps the
+# score "inf" when recorded again, so for it that window stays open: the single-server
+# backend closes it by running the whole step in one script, which a cluster cannot do when
+# members lie in other slots. KEYS[1]: the index; ARGV: member, score, member, score ...
+# Returns how many were removed.
+_ZREM_UNCHANGED: Final = """
+local removed = 0
+for i = 1, #ARGV, 2 do
+    if redis.call('ZSCORE', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+        removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
+    end
+end
+return removed
+"""
+
+
+@final
+class RedisClusterBackend:
+    """A backend storing bytes in a Redis Cluster through redis-py's asyncio cluster client.
+
+    Build one with `RedisBackend.from_url` and a ``redis+cluster://`` URL (it owns its client
+    then), or wrap a ``RedisCluster`` you already have with ``RedisClusterBackend(client)``. The
+    client must return ``bytes``.
+
+    It offers what `RedisBackend` offers (locks and wake-ups, guarded writes and tags, server
+    facts), with every multi-key operation split by hash slot (see the module docstring).
+    Lock wake-ups are published to, and received from, one primary through a plain client of
+    this backend's own; the cluster forwards every PUBLISH to every node.
+    """
+
+    __slots__ = (
+        "_client",
+        "_command_ms",
+        "_connect_ms",
+        "_get",
+        "_incr_with_ttl",
+        "_label",
+        "_node_client",
+        "_owns_client",
+        "_release",
+        "_set_if",
+        "_tag_add",
+        "_zrem_unchanged",
+    )
+
+    def __init__(self, client: RedisCluster, *, owns_client: bool = False) -> None:
+        """Wraps ``client``; `aclose` closes it only when ``owns_client`` is true.
+
+        Raises:
+            ConfigurationError: ``client`` decodes responses to ``str``.
+        """
+        connection_kwargs = client.get_connection_kwargs()
+        if connection_kwargs.get("decode_responses"):
+            raise ConfigurationError(
+                "RedisClusterBackend needs a client that returns bytes; create it without "
+                "decode_responses=True"
+            )
+        self._client = client
+        self._owns_client = owns_client
+        self._label = f"client={type(client).__name__}"
+        self._command_ms = _milliseconds(connection_kwargs.get("socket_timeout"))
+        self._connect_ms = _milliseconds(connection_kwargs.get("socket_connect_timeout"))
+        # Checked above not to decode, so GET returns bytes or None.
+        self._get = cast("Callable[[str], Awaitable[bytes | None]]", client.get)
+        self._release = client.register_script(RELEASE_LOCK)
+        self._set_if = client.register_script(SET_IF)
+        self._tag_add = client.register_script(TAG_ADD)
+        self._incr_with_ttl = client.register_script(_INCR_WITH_TTL)
+        self._zrem_unchanged = client.register_script(_ZREM_UNCHANGED)
+        # A plain client of one primary, for PUBLISH and SUBSCRIBE; made on first use.
+        self._node_client: Redis | None = None
+
+    @classmethod
+    def _from_url(
+        cls,
+        url: str,
+        *,
+        connect_timeout: float,
+        command_timeout: float,
+        max_connections: int,
+        retries: int,
+        health_check_interval: float,
+        client_name: str | None,
+        tls: Mapping[str, object],
+    ) -> RedisClusterBackend:
+        """Returns a backend owning a new cluster client for ``url``; see `RedisBackend.from_url`.
+
+        Raises:
+            ValueError: ``url`` is malformed; the message never quotes it.
+        """
+        base_scheme = "rediss" if url.lower().startswith("rediss") else "redis"
+        parts = split_hosts(url, base_scheme=base_scheme, default_port=_CLUSTER_PORT)
+        if parts.path.strip("/") not in ("", "0"):
+            raise ValueError("a cluster has only database 0; give no database after the hosts")
+        startup_nodes = [ClusterNode(host, port) for host, port in parts.hosts[1:]]
+        try:
+            client = RedisCluster.from_url(
+                parts.single(""),
+                startup_nodes=startup_nodes,
+                max_connections=max_connections,
+                socket_timeout=command_timeout,
+                socket_connect_timeout=connect_timeout,
+                # The cluster client retries timeouts as well as connection errors (each after a
+                # topology refresh), and its pipelines sleep 250 ms before a retry; so no retry
+                # at all unless asked, unlike RedisBackend's one retry after a connection error.
+                retry=Retry(NoBackoff(), retries),
+                health_check_interval=health_check_interval,
+                client_name=client_name,
+                **tls,
+            )
+        except (RedisClusterException, TypeError) as exc:
+            # An option redis-py refuses (``?db=2``, an unknown name); its text names the option.
+            raise ValueError(str(exc)) from None
+        if hasattr(client, "cluster_error_retry_attempts"):
+            # redis-py 5 counts cluster retries apart from ``retry`` (three by default,
+            # timeouts included) and gives a pipeline that many attempts in all: one at least.
+            client.cluster_error_retry_attempts = max(retries, 1)
+        backend = cls(client, owns_client=True)
+        backend._label = f"url={redact_url(url)!r}"
+        return backend
+
+    def __repr__(self) -> str:
+        return f"RedisClusterBackend({self._label})"
+
+    @property
+    def kind(self) -> str:
+        """Always ``"redis-cluster"``."""
+        return "redis-cluster"
+
+    async def get(self, key: str) -> bytes | None:
+        """Returns the value of ``key`` (GET), or ``None`` when it is absent."""
+        try:
+            return await self._get(key)
+        except _CLUSTER_FAILURES as exc:
+            raise self._failure("GET", exc) from exc
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Returns the values of ``keys`` in order; one MGET per hash slot, one round trip per node."""
+        if not keys:
+            return []
+        try:
+            values = await self._client.mget_nonatomic(list(keys))
+        except _CLUSTER_FAILURES as exc:
+            raise self._failure("MGET", exc) from exc
+        return cast("list[bytes | None]", values)
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Stores ``value`` with SET, and ``PX`` when ``ttl`` is given (rounded up to 1 ms)."""
+        try:
+            if ttl is None:
+                await self._client.set(key, value)
+            else:
+                await self._client.set(key, value, px=_px(ttl))
+        except _CLUSTER_FAILURES as exc:
+            raise self._failure("SET", exc) from exc
+
+    async def set_many(self, items: Mapping[str, bytes], ttl: float | None = None) -> None:
+        """Stores every item with a pipeline of SET (``PX`` with a ttl): one round trip per node.
+
+        The pipeline is not a transaction: on failure some items may be stored and others not.
+        """
+        if not items:
+            return
+        px = None if ttl is None else _px(ttl)
+        pipeline = self._client.pipeline()
+        for key, value in items.items():
+            pipeline.set(key, value, px=px)
+        try:
+            await pipeline.execute()
+        except _CLUSTER_FAILURES as exc:
+            raise self._failure("SET pipeline", exc) from exc
+
+    async def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        """Stores ``value`` only if ``key`` is absent (SET NX); returns whether it was stored."""
+        try:
+            if ttl is None:
+                stored = await self._client.set(key, value, nx=True)
+            else:
+                stored = await self._client.set(key, value, nx=True, px=_px(ttl))
+        except _CLUSTER_FAILURES as exc:
+            raise self._failure("SET NX", exc) from exc
+        return bool(stored)
+
+    async def delete(self, *keys: str) -> int:
+        """Removes ``keys`` with one UNLINK per hash slot; returns how many existed."""
+        if not keys:
+            return 0
+        try:
+            return int(await self._client.unlink(*keys))
+        except _CLUSTER_FAILURES as exc:
+            raise self._failure("UNLINK", exc) from exc
+
+    async def exists(self, key: str) -> bool:
+        """Returns whether ``key`` exists (EXISTS)."""
+        try:
+            return bool(await self._client.execute_command("EXISTS", key))
+        except _CLUSTER_FAILURES as exc:
+            raise self._failure("EXISTS", exc) from exc
+
+    async def ttl(self, key: str) -> float | None:
+        """Returns the seconds ``key`` has left (PTTL), ``math.inf`` if none, ``None`` if absent."""
+        try:
+            milliseconds = await self._client.pttl(key)
+        except _CLUSTER_FAILURES as exc:
+            raise self._failure("PTTL", exc) from exc
+        if milliseconds == -2:
+            return None
+        if milliseconds == -1:
+            return math.inf
+        return int(milliseconds) / 1000
+
+    async def expire(self, key: str, ttl: float) -> bool:
+        """Sets the expiry of an existing ``key`` (PEXPIRE); returns ``False`` if it is absent."""
+        px = _px(ttl)
+        try:
+            return bool(await self._client.pexpire(key, px))
+        except _CLUSTER_FAILURES as exc:
+            raise self._failure("PEXPIRE", exc) from exc
+
+    async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        """Adds ``amount`` to the integer at ``key`` (INCRBY) and returns the result.
+
+        With a ``ttl``, a one-key script runs ``SET key 0 NX PX ttl`` then ``INCRBY``
+        atomically, so the key is created with its expiry only when absent; an existing key
+        keeps its expiry.
+
+        Raises:
+            CounterError: the value at ``key`` is not a 64-bit integer, or the result would
+                overflow.
+            BackendError: the cluster failed.
+        """
+        try:
+            if ttl is None:
+                value = await self._client.incrby(key, amount)
+            else:
+                value = await self._incr_with_ttl(keys=[key], args=[amount, _px(ttl)])
+        except ResponseError as exc:
+            message = str(exc)
+            if "not an integer" in message:
+                raise CounterError(
+                    f"INCRBY failed: the value at key {key!r} is not a 64-bit integer"
+                ) from exc
+            if "overflow" in message:
+                raise CounterError(
+                    f"INCRBY failed: adding {amount} to the value at key {key!r} would overflow "
+                    "a 64-bit integer"
+                ) from exc
+            raise self._failure("INCRBY", exc) from exc
+        except _CLUSTER_FAILURES as exc:
+            raise self._failure("INCRBY", exc) from exc
+        return int(value)
+
+    async def scan(self, pattern: str, *, count: int = 500) -> AsyncIterator[list[str]]:
+        """Yields batches of keys matching ``pattern``: SCAN MATCH COUNT on every primary in turn.
+
+        A key present on one primary for the whole scan is yielded at least once. Slots that
+        migrate between primaries while the scan runs (resharding) may make it miss keys.
+        Empty batches are not yielded, and keys that are not UTF-8 are skipped.
+        """
+        try:
+            await self._client.initialize()
+        except _CLUSTER_FAILURES as exc:
+            raise self._failure("SCAN", exc) from exc
+        for node in self._client.get_primaries():
+            cursor = 0
+            while True:
+                try:
+                    answer = await self._client.scan(
+                        cursor, match=pattern, count=count, target_nodes=node
+                    )
+                    # For one target node the cluster client answers ({node name: cursor}, keys),
+                    # not the (cursor, keys) its annotation gives.
+                    cursors, raw_keys = cast("tuple[dict[str, int], list[bytes]]", answer)
+                except _CLUSTER_FAILURES as exc:
+                    raise self._failure("SCAN", exc) from exc
+                cursor = int(cursors[node.name])
+                if raw_keys:
+                    keys = _decode_keys(raw_keys)
+                    if keys:
+                        yield keys
+                if cursor == 0:
+                    break
+
+    async def ping(self) -> None:
+        """Sends PING to every primary; raises `BackendError` if any does not answer."""
+        try:
+            await self._client.ping(target_nodes=RedisCluster.PRIMARIES)
+        except _CLUSTER_FAILURES as exc:
+            raise self._failure("PING", exc) from exc
+
+    async def server_info(self) -> dict[str, float | int | str]:
+        """Returns facts from INFO on every primary, combined.
+
+        ``connected_clients``, ``ops_per_sec`` and ``used_memory_mb`` (one decimal) are summed
+        over the primaries, since each holds and serves its own share; ``uptime_seconds`` is
+        the smallest (how long every primary has been up), ``redis_version`` the oldest, and
+        ``primaries`` counts them.
+        """
+        try:
+            await self._client.initialize()
+            primaries = self._client.get_primaries()
+            answers = await asyncio.gather(
+                *(self._client.info(target_nodes=node) for node in primaries),
+                return_exceptions=True,
+            )
+        except _CLUSTER_FAILURES as exc:
+            raise self._failure("INFO", exc) from exc
+        infos: list[dict[str, Any]] = []
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                if isinstance(answer, _CLUSTER_FAILURES):
+                    raise self._failure("INFO", answer) from answer
+                raise answer
+            infos.append(answer)
+        facts: dict[str, float | int | str] = {"primaries": len(infos)}
+        for field, name in _INFO_SUMS:
+            values = [int(info[field]) for info in infos if field in info]
+            if values:
+                facts[name] = sum(values)
+        uptimes = [int(info["uptime_in_seconds"]) for info in infos if "uptime_in_seconds" in info]
+        if uptimes:
+            facts["uptime_seconds"] = min(uptimes)
+        memory = [int(info["used_memory"]) for info in infos if "used_memory" in info]
+        if memory:
+            facts["used_memory_mb"] = round(sum(memory) / _MEBIBYTE, 1)
+        versions = [str(info["redis_version"]) for info in infos if "redis_version" in info]
+        if versions:
+            facts["redis_version"] = min(versions, key=_version_order)
+        return facts
+
+    async def aclose(self) -> None:
+        """Closes the connections to the wake-up node, and the cluster client if this backend owns it.
+
+        Both reopen on next use.
+        """
+        node_client, self._node_client = self._node_client, None
+        try:
+            if node_client is not None:
+                await node_client.aclose()
+            if self._owns_client:
+                await self._client.aclose()
+        except _CLUSTER_FAILURES as exc:
+            raise self._failure("close", exc) from exc
+
+    # -- locks and wake-ups (LockingBackend) ---------------------------------------------------
+
+    async def acquire_lock(self, name: str, token: str, ttl: float) -> bool:
+        """Takes the lock ``name`` with ``SET NX PX``; returns whether this call took it."""
+        try:
+            return bool(await self._client.set(name, token, nx=True, px=_px(ttl)))
+        except _CLUSTER_FAILURES as exc:
+            raise self._failure("SET NX (lock)", exc) from exc
+
+    async def release_lock(self, name: str, token: str) -> bool:
+        """Deletes the lock ``name`` only if ``token`` still holds it (a Lua compare-and-delete)."""
+        try:
+            return bool(await self._release(keys=[name], args=[token]))
+        except _CLUSTER_FAILURES as exc:
+            raise self._failure("EVALSHA (lock release)", exc) from exc
+
+    async def publish(self, channel: str) -> None:
+        """Sends an empty message on ``channel`` (PUBLISH) to one primary, which the cluster
+        forwards to every node."""
+        try:
+            await (await self._get_node_client()).publish(channel, b"")
+        except _CLUSTER_FAILURES as exc:
+            # The node may have failed: the next wake-up picks a primary afresh.
+            await self._drop_node_client()
+            raise self._failure("PUBLISH", exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[Notifications]:
+        """Subscribes to ``channel`` on a dedicated connection to one primary.
+
+        A classic (not sharded) PUBLISH reaches every node of a cluster, so one node is
+        enough. The connection is made with a plain client rather than the cluster client,
+        whose asyncio pub/sub support depends on the redis-py version (5.x has none).
+        """
+        pubsub: PubSub | None = None
+        try:
+            try:
+                pubsub = (await self._get_node_client()).pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(channel)
+            except _CLUSTER_FAILURES as exc:
+                # The node may have failed: the next subscription picks a primary afresh.
+                await self._drop_node_client()
+                raise self._failure("SUBSCRIBE", exc) from exc
+            yield _Subscription(pubsub, self)
+        finally:
+            if pubsub is not None:
+                with contextlib.suppress(*_CLUSTER_FAILURES):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose unannotated
+
+    async def _get_node_client(self) -> Redis:
+        """Returns the plain client of one primary that wake-ups use; makes it if needed."""
+        # Finds the nodes on first use, and returns at once after that.
+        await self._client.initialize()
+        # Checked after the await, so concurrent first uses make one client.
+        if self._node_client is None:
+            node = self._client.get_default_node()
+            options = self._client.get_connection_kwargs()
+            pool = ConnectionPool(
+                connection_class=options.get("connection_class") or node.connection_class,
+                max_connections=node.max_connections,
+                host=node.host,
+                port=node.port,
+                **{
+                    name: value
+                    for name, value in options.items()
+                    if name in _NODE_CLIENT_OPTIONS or name.startswith("ssl_")
+                },
+            )
+            self._node_client = Redis.from_pool(pool)
+        return self._node_client
+
+    async def _drop_node_client(self) -> None:
+        node_client, self._node_client = self._node_client, None
+        if node_client is not None:
+            with contextlib.suppress(*_CLUSTER_FAILURES):
+                await node_client.aclose()
+
+    # -- guarded writes and tags (GuardedBackend) ------------------------------------------------
+
+    async def set_if(self, key: str, expected: bytes, value: bytes, ttl: float | None) -> bool:
+        """Stores ``value`` only if the value at ``key`` starts with ``expected`` (a Lua script)."""
+        try:
+            stored = await self._set_if(
+                keys=[key], args=[expected, value, "0" if ttl is None else _px(ttl)]
+            )
+        except _CLUSTER_FAILURES as exc:
+            raise self._failure("EVALSHA (set_if)", exc) from exc
+        return bool(stored)
+
+    async def delete_if(self, key: str, expected: bytes) -> bool:
+        """Removes ``key`` only if its value is exactly ``expected`` (a Lua compare-and-delete)."""
+        try:
+            return bool(await self._release(keys=[key], args=[expected]))
+        except _CLUSTER_FAILURES as exc:
+            raise self._failure("EVALSHA (delete_if)", exc) from exc
+
+    async def tag_add(self, tags: Sequence[str], member: str, ttl: float | None) -> None:
+        """Records ``member`` in the sorted set at each of ``tags``: one script call per tag.
+
+        Tags hash to different slots, so the indexes are updated concurrently, one key each.
+        """
+        if not tags:
+            return
+        px = "0" if ttl is None else _px(ttl)
+        results = await asyncio.gather(
+            *(self._tag_add(keys=[tag], args=[member, px]) for tag in tags),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, _CLUSTER_FAILURES):
+                raise self._failure("EVALSHA (tag_add)", result) from result
+            if isinstance(result, BaseException):
+                raise result
+
+    async def tag_invalidate(self, tag: str, *, batch: int = 500) -> int:
+        """UNLINKs the keys indexed at ``tag``, ``batch`` at a time, then drops their entries.
+
+        Each step reads a batch of members with their scores, UNLINKs them (by slot), and
+        removes from the index only the members whose score has not changed meanwhile (a
+        member recorded again belongs to a newer computation). Keys go before their entries,
+        so a failure in between leaves keys indexed, never unreachable.
+        """
+        existed = 0
+        try:
+            # Members recorded while this runs are new entries; stop once the members present
+            # at the start could all have been removed, so a busy tag cannot keep us here.
+            remaining = int(await self._client.zcard(tag))
+            while remaining > 0:
+                # Scores kept as the server wrote them, to compare them as text in the script.
+                scored = cast(
+                    "list[tuple[bytes, bytes]]",
+                    await self._client.zrange(
+                        tag, 0, batch - 1, withscores=True, score_cast_func=bytes
+                    ),
+                )
+                if not scored:
+                    break
+                members = [member for member, _ in scored]
+                existed += int(await self._client.unlink(*members))
+                await self._zrem_unchanged(
+                    keys=[tag], args=[part for pair in scored for part in pair]
+                )
+                remaining -= len(scored)
+        except _CLUSTER_FAILURES as exc:
+            raise self._failure("tag_invalidate", exc) from exc
+        return existed
+
+    # -- errors --------------------------------------------------------------------------------
+
+    def _failure(self, command: str, exc: BaseException) -> BackendError:
+        """Returns the `BackendError` for ``command`` failing with ``exc``; never holds secrets."""
+        return cluster_failure(
+            command,
+            exc,
+            connect_ms=self._connect_ms,
+            command_ms=self._command_ms,
+            max_connections=self._client.get_connection_kwargs().get("max_connections"),
+        )
+
+
+@final
+class _Subscription:
+    """The `Notifications` of one `RedisClusterBackend.subscribe` block."""
+
+    __slots__ = ("_backend", "_pubsub")
+
+    def __init__(self, pubsub: PubSub, backend: RedisClusterBackend) -> None:
+        self._pubsub = pubsub
+        self._backend = backend
+
+    async def wait(self, timeout: float) -> bool:
+        """Waits up to ``timeout`` seconds for a published message; returns whether one came."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                message = await self._pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=remaining
+                )
+            except _CLUSTER_FAILURES as exc:
+                raise self._backend._failure("SUBSCRIBE (wait)", exc) from exc
+            if message is not None and message.get("type") == "message":
+                return True
+        return False
+
+
+def _version_order(version: str) -> tuple[int, ...]:
+    return tuple(int(part) if part.isdigit() else 0 for part in version.split("."))
