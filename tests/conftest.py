@@ -8,7 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from .servers import REDIS_SERVER, RedisServer, running_redis
+from .servers import (
+    REDIS_CLI,
+    REDIS_SERVER,
+    RedisClusterServers,
+    RedisServer,
+    running_cluster,
+    running_redis,
+)
 
 REDIS_URL = os.environ.get("CACHETIER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 REQUIRE_REDIS = os.environ.get("CACHETIER_REQUIRE_REDIS") == "1"
@@ -54,6 +61,18 @@ def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
         pytest.skip(message)
     with running_redis(tmp_path_factory.mktemp("redis")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A Redis Cluster of three primaries on loopback ports, started once for the session."""
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        message = "redis-server or redis-cli is not installed (apt-get install redis-server)"
+        if REQUIRE_REDIS:
+            pytest.fail(message + " [CACHETIER_REQUIRE_REDIS=1 makes this a failure]")
+        pytest.skip(message)
+    with running_cluster(tmp_path_factory.mktemp("cluster")) as servers:
+        yield servers
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis.asyncio as redis_asyncio
@@ -19,8 +19,7 @@ from cachetier import BackendError, Cache
 from cachetier.backends import RedisBackend
 from cachetier.testing.contract import BackendContract, BackendFactory
 
-from ..conftest import REQUIRE_REDIS
-from ..servers import REDIS_CLI, REDIS_SERVER, RedisClusterServers, closed_port, running_cluster
+from ..servers import RedisClusterServers, closed_port
 
 pytestmark = pytest.mark.redis
 
@@ -28,15 +27,9 @@ PASSWORD = "pw-S3CRET-cluster"
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
-    """Three primaries, no replicas, started once for this module."""
-    if REDIS_SERVER is None or REDIS_CLI is None:
-        message = "redis-server or redis-cli is not installed (apt-get install redis-server)"
-        if REQUIRE_REDIS:
-            pytest.fail(message + " [CACHETIER_REQUIRE_REDIS=1 makes this a failure]")
-        pytest.skip(message)
-    with running_cluster(tmp_path_factory.mktemp("cluster")) as servers:
-        yield servers
+def cluster(redis_cluster: RedisClusterServers) -> RedisClusterServers:
+    """Three primaries, no replicas, started once for the session (see conftest)."""
+    return redis_cluster
 
 
 @pytest.fixture

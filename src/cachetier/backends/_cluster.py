@@ -121,6 +121,7 @@ class RedisClusterBackend:
         "_node_client",
         "_owns_client",
         "_release",
+        "_scripts_loaded",
         "_set_if",
         "_tag_add",
         "_zrem_unchanged",
@@ -152,6 +153,7 @@ class RedisClusterBackend:
         self._zrem_unchanged = client.register_script(_ZREM_UNCHANGED)
         # A plain client of one primary, for PUBLISH and SUBSCRIBE; made on first use.
         self._node_client: Redis | None = None
+        self._scripts_loaded = False
 
     @classmethod
     def _from_url(
@@ -316,6 +318,7 @@ class RedisClusterBackend:
             if ttl is None:
                 value = await self._client.incrby(key, amount)
             else:
+                await self._load_scripts()
                 value = await self._incr_with_ttl(keys=[key], args=[amount, _px(ttl)])
         except ResponseError as exc:
             message = str(exc)
@@ -437,6 +440,7 @@ class RedisClusterBackend:
     async def release_lock(self, name: str, token: str) -> bool:
         """Deletes the lock ``name`` only if ``token`` still holds it (a Lua compare-and-delete)."""
         try:
+            await self._load_scripts()
             return bool(await self._release(keys=[name], args=[token]))
         except _CLUSTER_FAILURES as exc:
             raise self._failure("EVALSHA (lock release)", exc) from exc
@@ -502,11 +506,26 @@ class RedisClusterBackend:
             with contextlib.suppress(*_CLUSTER_FAILURES):
                 await node_client.aclose()
 
+    async def _load_scripts(self) -> None:
+        """Loads every script on every primary once, before the first EVALSHA.
+
+        redis-py's cluster client answers a NOSCRIPT by loading the script and retrying, but
+        many concurrent first calls doing that tear down each other's connections (redis-py
+        8.1: "Connection closed by server" for a burst of 20). Loaded up front, NOSCRIPT only
+        follows a node's restart.
+        """
+        if self._scripts_loaded:
+            return
+        for script in (RELEASE_LOCK, SET_IF, TAG_ADD, _INCR_WITH_TTL, _ZREM_UNCHANGED):
+            await self._client.script_load(script)
+        self._scripts_loaded = True
+
     # -- guarded writes and tags (GuardedBackend) ------------------------------------------------
 
     async def set_if(self, key: str, expected: bytes, value: bytes, ttl: float | None) -> bool:
         """Stores ``value`` only if the value at ``key`` starts with ``expected`` (a Lua script)."""
         try:
+            await self._load_scripts()
             stored = await self._set_if(
                 keys=[key], args=[expected, value, "0" if ttl is None else _px(ttl)]
             )
@@ -517,6 +536,7 @@ class RedisClusterBackend:
     async def delete_if(self, key: str, expected: bytes) -> bool:
         """Removes ``key`` only if its value is exactly ``expected`` (a Lua compare-and-delete)."""
         try:
+            await self._load_scripts()
             return bool(await self._release(keys=[key], args=[expected]))
         except _CLUSTER_FAILURES as exc:
             raise self._failure("EVALSHA (delete_if)", exc) from exc
@@ -529,6 +549,10 @@ class RedisClusterBackend:
         if not tags:
             return
         px = "0" if ttl is None else _px(ttl)
+        try:
+            await self._load_scripts()
+        except _CLUSTER_FAILURES as exc:
+            raise self._failure("SCRIPT LOAD", exc) from exc
         results = await asyncio.gather(
             *(self._tag_add(keys=[tag], args=[member, px]) for tag in tags),
             return_exceptions=True,
@@ -552,6 +576,7 @@ class RedisClusterBackend:
             # Members recorded while this runs are new entries; stop once the members present
             # at the start could all have been removed, so a busy tag cannot keep us here.
             remaining = int(await self._client.zcard(tag))
+            await self._load_scripts()
             while remaining > 0:
                 # Scores kept as the server wrote them, to compare them as text in the script.
                 scored = cast(

@@ -19,8 +19,11 @@ from .redis import _FAILURES, _TIMEOUTS, _describe_os_error
 __all__ = ("CLUSTER_FAILURES", "cluster_failure")
 
 # redis-py's cluster client raises RedisClusterException, which is not a RedisError, when no
-# node answers, when slots are not covered and when it cannot route a command.
-CLUSTER_FAILURES: Final = (*_FAILURES, RedisClusterException)
+# node answers, when slots are not covered and when it cannot route a command. Under many
+# concurrent connects, its connections can also be torn down mid-handshake by a timeout and
+# then written to, which raises AttributeError ('NoneType' object has no attribute
+# 'writelines', redis-py 8.1): a failed call, not a bug of the caller's, so it fails open too.
+CLUSTER_FAILURES: Final = (*_FAILURES, RedisClusterException, AttributeError)
 
 
 def cluster_failure(
@@ -86,6 +89,8 @@ def _reason(exc: BaseException, max_connections: object) -> str:
         return f"the cluster client failed ({type(exc).__name__})"
     if isinstance(exc, RedisConnectionError):
         return "the connection failed or was closed by the server"
+    if isinstance(exc, AttributeError):
+        return "a connection was closed while in use"
     return type(exc).__name__
 
 

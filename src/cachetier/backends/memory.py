@@ -61,15 +61,19 @@ _CANONICAL_INT: Final = re.compile(rb"-?[1-9][0-9]{0,19}|0")
 _TAG_PRUNE_MIN: Final = 64
 """Members an index may hold before its first pruning."""
 
+_TAG_GRACE: Final = 60.0
+"""Seconds a recorded member may wait for its key to be written before pruning may drop it."""
+
 
 @final
 class _TagIndex:
-    """The members (keys) recorded under one tag, each with the clock reading its time is up."""
+    """The members (keys) recorded under one tag, each with when its time is up and when it
+    was recorded (clock readings)."""
 
     __slots__ = ("members", "prune_at")
 
     def __init__(self) -> None:
-        self.members: dict[str, float] = {}
+        self.members: dict[str, tuple[float, float]] = {}
         self.prune_at = _TAG_PRUNE_MIN
 
 
@@ -417,8 +421,9 @@ class MemoryBackend:
     async def tag_add(self, tags: Sequence[str], member: str, ttl: float | None) -> None:
         """Records ``member`` in the index of each tag until ``ttl`` seconds from now.
 
-        An index is pruned of members whose time is up or whose key is gone each time it
-        doubles in size, which keeps it within twice its live members at O(1) amortized cost.
+        An index is pruned each time it doubles in size, at O(1) amortized cost: of members
+        whose time is up, and of members whose key has been gone for a minute (evicted or
+        deleted; a key may be recorded a little before it is written).
         """
         if ttl is not None and not ttl > 0:
             _check_ttl(member, ttl)
@@ -428,7 +433,7 @@ class MemoryBackend:
             index = self._tags.get(tag)
             if index is None:
                 index = self._tags[tag] = _TagIndex()
-            index.members[member] = deadline
+            index.members[member] = (deadline, now)
             if len(index.members) >= index.prune_at:
                 self._prune(index, now)
 
@@ -446,8 +451,10 @@ class MemoryBackend:
 
     def _prune(self, index: _TagIndex, now: float) -> None:
         members = index.members
-        for member, deadline in list(members.items()):
-            if deadline <= now or self._live_entry(member, now) is None:
+        for member, (deadline, recorded) in list(members.items()):
+            if deadline <= now or (
+                recorded < now - _TAG_GRACE and self._live_entry(member, now) is None
+            ):
                 del members[member]
         index.prune_at = max(_TAG_PRUNE_MIN, 2 * len(members))
 
