@@ -36,8 +36,9 @@ ACL_PASSWORD = "pw-S3CRET-acl"
 WRONG_PASSWORD = "pw-WR0NG-guess"
 NAMESPACE = "cachetest"
 # What cachetier sends: reads and writes, INCRBY in MULTI/EXEC, SCAN + UNLINK for patterns,
-# the lock (SET NX, a GET + DEL script, PUBLISH/SUBSCRIBE), PING and INFO for health checks,
-# and CLIENT SETNAME on each connection. Keys are limited to the cache's namespace.
+# the lock (SET NX, a GET + DEL script, PUBLISH/SUBSCRIBE), leases and guarded writes (SET NX,
+# a GET + SET script), tag indexes (sorted sets kept by scripts), PING and INFO for health
+# checks, and CLIENT SETNAME on each connection. Keys are limited to the cache's namespace.
 ACL_RULES = (
     "reset",
     "on",
@@ -71,6 +72,14 @@ ACL_RULES = (
             "info",
             "client|setname",
             "select",
+            # Tags: the index scripts (TIME for their clock) and invalidation.
+            "time",
+            "zadd",
+            "zrem",
+            "zrange",
+            "zremrangebyscore",
+            "zcard",
+            "persist",
         )
     ),
 )
@@ -241,6 +250,13 @@ async def test_acl_user_limited_to_its_namespace_can_do_everything_the_cache_nee
     assert await cache.delete_pattern("users:*") == 4
     assert await cache.get("users:1") is None
     assert await cache.delete("hits") == 1
+    assert await cache.set("tagged:1", 1, tags=["group"]) is True
+    assert await cache.get_or_set("tagged:2", lambda: 2, tags=["group"]) == 2
+    assert await cache.invalidate_tags("group") == 2
+    assert await cache.get_many(["tagged:1", "tagged:2"]) == {}
+    await cache.set("versioned", 1)
+    assert await cache.bump_version() == 1
+    assert await cache.get("versioned") is None
     health = await cache.health_check()
     assert health.status == "healthy"
     assert health.uptime_seconds is not None
