@@ -16,6 +16,7 @@ from ._errors import (
 )
 from ._health import HealthReport
 from ._keys import KeyBuilder
+from ._local import LocalTier
 from ._policy import PolicyOptions
 from ._settings import CacheSettings
 from ._stats import CacheStats, ReadEvent, ReadHook
@@ -38,6 +39,7 @@ __all__ = (
     "CounterError",
     "HealthReport",
     "KeyBuilder",
+    "LocalTier",
     "LockTimeout",
     "Outcome",
     "PolicyOptions",

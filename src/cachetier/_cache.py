@@ -29,6 +29,7 @@ from ._entry import EntrySigner
 from ._errors import BackendError, ConfigurationError
 from ._health import HealthReport, check_health
 from ._keys import KeyBuilder
+from ._local import LocalTier
 from ._log import LOGGER
 from ._policy import PolicyOptions, build_policies
 from ._stats import CacheStats, ReadHook
@@ -81,6 +82,7 @@ class Cache:
         signing_key: bytes | str | SecretStr | None = None,
         clock: Clock = time.time,
         version_check_interval: float = 0.25,
+        local: LocalTier | None = None,
     ) -> None:
         """Args:
         backend: where entries live; a process-local `MemoryBackend` when omitted.
@@ -106,6 +108,9 @@ class Cache:
         version_check_interval: how often, in seconds, a read also fetches the generation that
             `bump_version` increments (in the same round trip), which bounds how long another
             process may serve entries from before a bump; ``0`` checks on every read.
+        local: a process-local tier of decoded values in front of a Redis backend, kept
+            coherent through Redis (see `LocalTier`); ignored, with an INFO line, on backends
+            that cannot report changes (memory, null, cluster).
         """
         if backend is None:
             from .backends.memory import MemoryBackend
@@ -135,6 +140,7 @@ class Cache:
             keys=self._keys,
             clock=clock,
             generation_interval=float(version_check_interval),
+            local=local,
         )
 
     @classmethod
@@ -387,6 +393,7 @@ class Cache:
         data = self._engine.encode(full, value, seconds, self._engine.serializer)
         if data is None:
             return False
+        self._engine.forget((full,))
         if tag_names and not await self._engine.record_tags(full, tag_names, seconds):
             return False
         return await self._engine.write(full, data, seconds)
@@ -404,6 +411,7 @@ class Cache:
         data = self._engine.encode(full, value, seconds, self._engine.serializer)
         if data is None:
             return False
+        self._engine.forget((full,))
         try:
             self._engine.gate("SET NX")
             stored = await self._engine.backend.add(full, data, seconds)
@@ -436,6 +444,7 @@ class Cache:
                 items[full] = data
         if not items:
             return not mapping
+        self._engine.forget(tuple(items))
         try:
             self._engine.gate("SET (many)")
             await self._engine.backend.set_many(items, seconds)
@@ -456,6 +465,7 @@ class Cache:
         if not keys:
             return 0
         full = [self._keys.full(key) for key in keys]
+        self._engine.forget(full)
         try:
             self._engine.gate("UNLINK")
             deleted = await self._engine.backend.delete(*full)
@@ -483,6 +493,7 @@ class Cache:
         if not isinstance(amount, int) or isinstance(amount, bool):
             raise TypeError(f"amount must be an int, not {type(amount).__name__}")
         full = self._keys.full(key)
+        self._engine.forget((full,))
         try:
             self._engine.gate("INCRBY")
             count = await self._engine.backend.incr(full, amount, self._ttl_seconds(ttl))
@@ -645,6 +656,8 @@ class Cache:
         # The generation outlives `clear`: processes still reading at it would otherwise
         # disagree with those that see it reset.
         generation_key = self._engine.generation_key
+        if self._engine.local is not None:
+            self._engine.local.drop_matching(full_pattern)
         backend = self._engine.backend
         deleted = 0
         # Each batch's UNLINK runs while the next SCAN step is under way: one round trip per
@@ -696,6 +709,8 @@ class Cache:
         names = check_tags(tags)
         if not names or not self._engine.guarded:
             return 0
+        # Which local values carry these tags is not known here: drop them all.
+        self._engine.forget_all()
         backend = cast("GuardedBackend", self._engine.backend)
         removed = 0
         try:
@@ -730,6 +745,7 @@ class Cache:
             raise  # pragma: no cover - backend_failed raised already
         engine.succeeded()
         engine.learn_generation(str(generation).encode())
+        engine.forget_all()
         LOGGER.info(
             "cache %s:%s bumped to generation %d",
             self._keys.namespace,

@@ -41,6 +41,7 @@ from ._errors import (
     SerializationError,
 )
 from ._keys import KeyBuilder
+from ._local import LocalState, LocalTier
 from ._locking import compute_locked
 from ._log import LOGGER, RateLimitedLog
 from ._policy import FreshnessPolicy, StampedePolicy
@@ -48,7 +49,7 @@ from ._reads import SharedReads
 from ._singleflight import SingleFlight
 from ._stats import ReadEvent, ReadHook, StatsRecorder
 from ._types import MISSING, Clock, Outcome
-from .backends._protocol import Backend, GuardedBackend, LockingBackend
+from .backends._protocol import Backend, GuardedBackend, LockingBackend, TrackingBackend
 from .serializers import Serializer
 
 __all__ = ("LEASE_TTL", "Engine", "FetchSpec", "check_tags")
@@ -134,6 +135,8 @@ class Engine:
         "hooks",
         "jitter",
         "keys",
+        "local",
+        "local_settings",
         "max_value_bytes",
         "merge_reads",
         "serializer",
@@ -158,7 +161,14 @@ class Engine:
         keys: KeyBuilder,
         clock: Clock,
         generation_interval: float,
+        local: LocalTier | None = None,
     ) -> None:
+        self.local_settings = local
+        self.local: LocalState | None = None
+        self.keys = keys
+        self.generation_key = keys.generation_key()
+        self.failures = RateLimitedLog()
+        self.tasks: set[asyncio.Task[Any]] = set()
         self.set_backend(backend)
         # The namespace generation (`Cache.bump_version`) as last read, and when a read next
         # fetches it along with its entry (at once: the first read learns it).
@@ -166,10 +176,8 @@ class Engine:
         self.generation_bytes = _GENERATION.pack(0)
         self.generation_due = -math.inf
         self.generation_interval = generation_interval
-        self.generation_key = keys.generation_key()
         self.breaker = breaker
         self.signer = signer
-        self.keys = keys
         # True inside `Cache.bypass()` blocks of the current task (and tasks it starts).
         self.bypassing: contextvars.ContextVar[bool] = contextvars.ContextVar(
             "cachetier_bypass", default=False
@@ -181,8 +189,6 @@ class Engine:
         self.hooks = hooks
         self.clock = clock
         self.stats = StatsRecorder()
-        self.failures = RateLimitedLog()
-        self.tasks: set[asyncio.Task[Any]] = set()
         self.flights: SingleFlight[Any] = SingleFlight(on_start=self.track)
         self.shared = SharedReads(self)
 
@@ -197,6 +203,20 @@ class Engine:
         self.guarded: bool = isinstance(backend, GuardedBackend)
         # Another store may be at another generation: learn it with the next read.
         self.generation_due = -math.inf
+        if self.local is not None:
+            self.local.live = False
+            self.local.clear()
+            if self.local.task is not None:
+                self.local.task.cancel()
+        self.local = None
+        if self.local_settings is not None:
+            if isinstance(backend, TrackingBackend):
+                self.local = LocalState(self, backend, self.local_settings)
+            else:
+                LOGGER.info(
+                    "local tier off: the %s backend cannot report changes of its keys",
+                    backend.kind,
+                )
 
     def track(self, task: asyncio.Task[Any]) -> None:
         """Keeps ``task`` until it ends, so `cancel_background` can stop it."""
@@ -369,6 +389,16 @@ class Engine:
 
     # -- guarding computations against invalidation -------------------------------------------
 
+    def forget(self, keys: list[str] | tuple[str, ...]) -> None:
+        """Drops ``keys`` from the local tier, if any, after this process changed them."""
+        if self.local is not None:
+            self.local.drop(keys)
+
+    def forget_all(self) -> None:
+        """Empties the local tier, if any."""
+        if self.local is not None:
+            self.local.clear()
+
     def holds_value(self, data: bytes) -> bool:
         """Returns whether stored ``data`` is a value: not a lease, not of an earlier generation."""
         if _is_lease(data):
@@ -503,6 +533,18 @@ class Engine:
         if self.bypassing.get():
             self.count(Outcome.BYPASSED, full)
             return Outcome.BYPASSED, MISSING
+        local = self.local
+        seq = 0
+        if local is not None:
+            if local.live:
+                found = local.entries.get(full)
+                if found is not None and found[0] is self.serializer and self.clock() < found[2]:
+                    local.entries.move_to_end(full)
+                    self.count(Outcome.HIT, full)
+                    return Outcome.HIT, found[1]
+            else:
+                local.start()
+            seq = local.seq
         started = perf_counter_ns() if self.merge_reads else 0
         try:
             data = await self.shared.get(full)
@@ -515,9 +557,21 @@ class Engine:
         if data is None:
             self.count(Outcome.MISS, full)
             return Outcome.MISS, MISSING
-        outcome, value = self.decode(self.unseal(full, data), loads, self.clock())
+        now = self.clock()
+        outcome, value = self.decode(self.unseal(full, data), loads, now)
         if outcome is Outcome.HIT:
             self.count(outcome, full)
+            if local is not None:
+                fresh_until = (
+                    _FRESH.unpack_from(data, _FRESH_OFFSET)[0] if len(data) >= HEADER_SIZE else 0.0
+                )
+                local.keep(
+                    full,
+                    self.serializer,
+                    value,
+                    min(fresh_until or math.inf, now + local.settings.ttl),
+                    seq,
+                )
             return outcome, value
         if outcome is Outcome.DECODE_ERROR:
             await self.drop_undecodable(full, value)
@@ -635,6 +689,24 @@ class Engine:
             self.count(Outcome.BACKEND_ERROR, full, function_stats)
             result = func(*args, **kwargs)
             return (await result) if inspect.isawaitable(result) else result
+        local = self.local
+        seq = 0
+        if local is not None:
+            if local.live:
+                found = local.entries.get(full)
+                if found is not None and found[0] is spec.codec and self.clock() < found[2]:
+                    local.entries.move_to_end(full)
+                    self.stats.hits += 1
+                    if function_stats is not None:
+                        function_stats.hits += 1
+                    if self.hooks:
+                        self._notify(
+                            ReadEvent(full, Outcome.HIT, function_stats and function_stats.name)
+                        )
+                    return found[1]
+            else:
+                local.start()
+            seq = local.seq
         read_failed = False
         # Latency is measured for backends that do I/O; an in-process one would only pay for it.
         started = perf_counter_ns() if self.merge_reads else 0
@@ -706,6 +778,14 @@ class Engine:
                             )
                         if _debug_enabled(logging.DEBUG):
                             LOGGER.debug("cache hit: %s", full)
+                        if local is not None:
+                            local.keep(
+                                full,
+                                spec.codec,
+                                value,
+                                min(fresh_until or math.inf, now + local.settings.ttl),
+                                seq,
+                            )
                         beta = freshness.early_refresh_beta
                         if beta and fresh_until:
                             delta = _DELTA.unpack_from(data, _DELTA_OFFSET)[0]

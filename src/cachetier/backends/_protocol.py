@@ -6,7 +6,14 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
-__all__ = ("Backend", "GuardedBackend", "LockingBackend", "Notifications", "ServerInfoBackend")
+__all__ = (
+    "Backend",
+    "GuardedBackend",
+    "LockingBackend",
+    "Notifications",
+    "ServerInfoBackend",
+    "TrackingBackend",
+)
 
 
 class Backend(Protocol):
@@ -167,5 +174,20 @@ class GuardedBackend(Protocol):
 
         Returns how many keys existed. Each batch is one bounded step, so the store stays
         responsive during a large invalidation.
+        """
+        ...
+
+
+@runtime_checkable
+class TrackingBackend(Protocol):
+    """A shared backend that reports every change of the keys under a prefix, for `LocalTier`."""
+
+    def invalidations(self, prefix: str, *, heartbeat: float) -> AsyncIterator[list[str] | None]:
+        """Follows changes of keys starting with ``prefix``, by any client, until closed.
+
+        Yields ``[]`` once the subscription is confirmed, then a list of changed keys for each
+        change, or ``None`` when everything must be assumed changed (the store was flushed).
+        Checks the subscription every ``heartbeat`` seconds, and raises `BackendError` when it
+        fails or stops answering: changes may then have been missed.
         """
         ...

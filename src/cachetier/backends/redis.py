@@ -532,6 +532,67 @@ class RedisBackend:
             raise self._failure("EVALSHA (tag_invalidate)", exc) from exc
         return existed
 
+    # -- invalidation messages for a local tier (TrackingBackend) ----------------------------
+
+    async def invalidations(
+        self, prefix: str, *, heartbeat: float
+    ) -> AsyncIterator[list[str] | None]:
+        """Follows changes under ``prefix`` with ``CLIENT TRACKING ... BCAST`` on a connection of its own.
+
+        The connection speaks RESP2 and redirects tracking to itself, so invalidations arrive
+        as ``__redis__:invalidate`` pub/sub messages whatever protocol the pool uses. A PING is
+        sent every ``heartbeat`` seconds; two unanswered ones close the connection.
+        """
+        pool = self._client.connection_pool
+        options = dict(pool.connection_kwargs)
+        # No read timeout: the subscription idles between changes; the PINGs watch over it.
+        options.update(protocol=2, health_check_interval=0, socket_timeout=None)
+        connection = pool.connection_class(**options)
+        loop = asyncio.get_running_loop()
+        answered = loop.time()
+        pinger: asyncio.Task[None] | None = None
+
+        async def ping() -> None:
+            while True:
+                await asyncio.sleep(heartbeat)
+                if loop.time() - answered > 2 * heartbeat:
+                    await connection.disconnect()  # the reader below fails and says so
+                    return
+                await connection.send_command("PING")
+
+        try:
+            try:
+                await connection.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+                await connection.send_command("CLIENT", "ID")
+                client_id = await connection.read_response()
+                await connection.send_command(
+                    "CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", "PREFIX", prefix
+                )
+                await connection.read_response()
+                await connection.send_command("SUBSCRIBE", "__redis__:invalidate")
+                await connection.read_response()
+            except _FAILURES as exc:
+                raise self._failure("CLIENT TRACKING", exc) from exc
+            yield []
+            pinger = asyncio.ensure_future(ping())
+            while True:
+                try:
+                    message = await connection.read_response()
+                except _FAILURES as exc:
+                    raise self._failure("invalidation channel", exc) from exc
+                answered = loop.time()
+                if not isinstance(message, list) or len(message) < 2:
+                    continue
+                if message[0] == b"message" and len(message) == 3:
+                    keys = message[2]
+                    # A null list: the server flushed, or dropped tracking state.
+                    yield None if keys is None else _decode_keys(keys)
+        finally:
+            if pinger is not None:
+                pinger.cancel()
+            with contextlib.suppress(*_FAILURES):
+                await connection.disconnect()
+
     async def publish(self, channel: str) -> None:
         """Sends an empty message on ``channel`` (PUBLISH), waking its subscribers."""
         try:

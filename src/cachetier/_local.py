@@ -1,0 +1,193 @@
+"""`LocalTier`: a process-local tier of decoded values in front of Redis, kept coherent by Redis.
+
+How coherence works. Redis's server-assisted client-side caching (``CLIENT TRACKING ... BCAST
+PREFIX namespace:version:``) sends a message naming each key of the namespace that any client
+changes, deletes, expires or evicts. One connection per cache subscribes to those messages
+(`TrackingBackend.invalidations`), and each message drops the named keys from this tier; a
+change of the generation counter (`Cache.bump_version`) or a flush of the database drops
+everything. Tracking reports changes made by any client, cachetier or not, with nothing to do
+on writes.
+
+Bounded staleness. While the subscription is up, another process's change reaches this tier
+as soon as Redis has applied it and this event loop has read the message: about a millisecond
+(measured in ``tests/integration/test_local_tier.py``). A value read from Redis just before
+a change is not kept if any message arrives while the read is under way, so a message can
+never be overtaken by the value it invalidates. The subscription answers a PING every
+``heartbeat`` seconds; when it fails, or one goes unanswered for two heartbeats, the tier is
+emptied and bypassed (every read goes to Redis) until a new subscription is confirmed, and
+emptied again then. A value is never trusted without a live subscription; ``ttl`` caps how
+long any value stays in the tier whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, final
+
+from ._errors import BackendError, ConfigurationError
+from ._glob import compile_glob
+from ._log import LOGGER
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+    from .backends._protocol import TrackingBackend
+
+__all__ = ("LocalTier",)
+
+_RETRY_FIRST: Final = 0.05
+_RETRY_MAX: Final = 2.0
+
+
+@final
+class LocalTier:
+    """Settings of the process-local tier: ``Cache(backend, local=LocalTier(...))``.
+
+    Hot keys are then served from this process's memory as decoded objects, without a round
+    trip, and invalidated through Redis as soon as any process changes them (see the module
+    documentation for the staleness bound). Values are shared, not copied: do not mutate what a
+    cached function returns.
+
+    Args:
+        max_entries: the most values kept; the least recently used go first.
+        ttl: the longest a value stays in this tier, in seconds, whatever its TTL in Redis.
+        heartbeat: seconds between PINGs on the invalidation subscription; a subscription that
+            stops answering is given up after two of them.
+
+    Raises:
+        ConfigurationError: a value is out of range.
+    """
+
+    __slots__ = ("heartbeat", "max_entries", "ttl")
+
+    def __init__(self, *, max_entries: int = 10_000, ttl: float = 60.0, heartbeat: float = 0.5):
+        if type(max_entries) is not int or max_entries <= 0:
+            raise ConfigurationError(f"max_entries must be a positive int, got {max_entries!r}")
+        if not (ttl > 0 and math.isfinite(ttl)):
+            raise ConfigurationError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        if not (heartbeat > 0 and math.isfinite(heartbeat)):
+            raise ConfigurationError(
+                f"heartbeat must be a positive number of seconds, got {heartbeat!r}"
+            )
+        self.max_entries = max_entries
+        self.ttl = float(ttl)
+        self.heartbeat = float(heartbeat)
+
+    def __repr__(self) -> str:
+        return f"LocalTier(max_entries={self.max_entries}, ttl={self.ttl:g}, heartbeat={self.heartbeat:g})"
+
+
+@final
+class LocalState:
+    """The tier of one `Cache` at run time: its values and the subscription that keeps them."""
+
+    __slots__ = (
+        "backend",
+        "dropped",
+        "engine",
+        "entries",
+        "live",
+        "loop",
+        "seq",
+        "settings",
+        "task",
+    )
+
+    def __init__(self, engine: Engine, backend: TrackingBackend, settings: LocalTier) -> None:
+        self.engine = engine
+        self.backend = backend
+        self.settings = settings
+        # Stored key -> (the codec that decoded it, the value, clock reading it expires at).
+        self.entries: OrderedDict[str, tuple[object, Any, float]] = OrderedDict()
+        # True while a subscription is confirmed: only then are values served or kept.
+        self.live = False
+        # Counts invalidations; a read that saw it change does not keep its value.
+        self.seq = 0
+        self.dropped = 0
+        self.task: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Starts the subscription in this event loop unless it runs already."""
+        loop = asyncio.get_running_loop()
+        if self.task is not None and not self.task.done() and self.loop is loop:
+            return
+        self.loop = loop
+        self.task = loop.create_task(self._follow())
+        self.engine.track(self.task)
+
+    def keep(self, full: str, codec: object, value: Any, expires_at: float, seq: int) -> None:
+        """Keeps a value read from Redis, unless an invalidation arrived since ``seq``."""
+        if not self.live or seq != self.seq:
+            return
+        entries = self.entries
+        entries[full] = (codec, value, expires_at)
+        entries.move_to_end(full)
+        if len(entries) > self.settings.max_entries:
+            entries.popitem(last=False)
+
+    def drop(self, keys: list[str] | tuple[str, ...]) -> None:
+        """Forgets ``keys`` (changed here or elsewhere)."""
+        self.seq += 1
+        entries = self.entries
+        for key in keys:
+            entries.pop(key, None)
+
+    def drop_matching(self, pattern: str) -> None:
+        """Forgets the keys matching a Redis glob."""
+        self.seq += 1
+        matches: Callable[[str], object] = compile_glob(pattern).fullmatch
+        for key in [key for key in self.entries if matches(key)]:
+            del self.entries[key]
+
+    def clear(self) -> None:
+        """Forgets everything."""
+        self.seq += 1
+        self.entries.clear()
+
+    async def _follow(self) -> None:
+        """Applies invalidation messages; on losing them, empties and bypasses the tier."""
+        generation_key = self.engine.generation_key
+        prefix = self.engine.keys.prefix
+        retry = _RETRY_FIRST
+        try:
+            while True:
+                try:
+                    async for keys in self.backend.invalidations(
+                        prefix, heartbeat=self.settings.heartbeat
+                    ):
+                        if keys is None:
+                            # The server flushed, or lost track: trust nothing.
+                            self.engine.generation_due = -math.inf
+                            self.clear()
+                        elif not keys:
+                            # Subscribed: whatever changed before is unknown, so start empty
+                            # and learn the generation again.
+                            self.engine.generation_due = -math.inf
+                            self.clear()
+                            self.live = True
+                            retry = _RETRY_FIRST
+                        elif generation_key in keys:
+                            # bump_version elsewhere: learn the generation with the next read.
+                            self.engine.generation_due = -math.inf
+                            self.clear()
+                        else:
+                            self.drop(keys)
+                except BackendError as exc:
+                    self.engine.failures.warning(
+                        "local",
+                        "local tier bypassed, its invalidation channel failed: %s",
+                        exc,
+                    )
+                self.live = False
+                self.clear()
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, _RETRY_MAX)
+        finally:
+            self.live = False
+            self.clear()
+            with contextlib.suppress(Exception):
+                LOGGER.debug("local tier of %s stopped", prefix)
