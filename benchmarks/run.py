@@ -132,6 +132,7 @@ class World:
         self.raw: Any = None
         self.redis_cache: Any = None
         self.memory_cache: Any = None
+        self.tiered_cache: Any = None
         self.functions: dict[str, Any] = {}
         self.peer_errors: dict[str, str] = {}
 
@@ -147,7 +148,7 @@ class World:
     async def start(self) -> None:
         import redis.asyncio as redis_asyncio
 
-        from cachetier import Cache
+        from cachetier import Cache, LocalTier
         from cachetier.backends.memory import MemoryBackend
         from cachetier.backends.redis import RedisBackend
 
@@ -164,6 +165,10 @@ class World:
         self.stack.push_async_callback(self.redis_cache.aclose)
         self.memory_cache = Cache(MemoryBackend(), namespace="bench")
         self.stack.push_async_callback(self.memory_cache.aclose)
+        self.tiered_cache = Cache(
+            RedisBackend.from_url(REDIS_URL), namespace="bench-tiered", local=LocalTier()
+        )
+        self.stack.push_async_callback(self.tiered_cache.aclose)
 
     async def case(
         self, key: str, label: str, build: Callable[[], Awaitable[Case | Call]], *, peer: str = ""
@@ -296,6 +301,7 @@ async def redis_hits(world: World, payload: Payload) -> Section:
         return functools.partial(cache.get, f"profile:{slug}")
 
     typed_name = "dict[str, Any]" if slug == "doc" else "str"
+
     cases = [
         Case(f"redis.{slug}.bare_orjson", "bare redis-py GET + orjson.loads", bare_orjson),
         Case(f"redis.{slug}.bare_json", "bare redis-py GET + json.loads", bare_json),
@@ -389,6 +395,25 @@ async def memory_hits(world: World, payload: Payload) -> Section:
         return loads(encoded)
 
     typed_name = "dict[str, Any]" if slug == "doc" else "str"
+
+    async def tiered() -> Case:
+        tier = world.tiered_cache
+        case = await world.cachetier_cached(tier, f"ct_tier_{slug}", payload.value, payload.returns)
+        # Served locally once the invalidation subscription is confirmed and a read kept it.
+        for _ in range(500):
+            if tier._engine.local.live:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            case.notes.append("the local tier never went live")
+        assert case.call is not None
+        await case.call()
+        calls = tier.stats.backend_calls
+        await case.call()
+        if tier.stats.backend_calls != calls:
+            case.notes.append("a hit reached Redis: not served by the local tier")
+        return case
+
     cases = [
         await world.case(
             f"memory.{slug}.cachetier",
@@ -421,6 +446,12 @@ async def memory_hits(world: World, payload: Payload) -> Section:
             f"memory.{slug}.cashews",
             "cashews @cache mem://",
             lambda: world.cashews_cached(f"cw_mem_{slug}", payload.value, redis=False),
+        ),
+        await world.case(
+            f"memory.{slug}.tiered",
+            f"cachetier @cached -> {typed_name}, LocalTier over Redis",
+            tiered,
+            peer=f"memory.{slug}.async_lru",
         ),
         await world.case(f"memory.{slug}.async_lru", "async_lru.alru_cache", lru),
         Case(

@@ -114,10 +114,12 @@ class _KeyPlan:
         "_index",
         "_key_slots",
         "_keys",
+        "_max_length",
         "_positional",
         "_prefix",
         "_required",
         "_signature",
+        "_single",
         "_stored_prefix",
         "_template",
     )
@@ -178,6 +180,17 @@ class _KeyPlan:
             if p.name not in self._exclude
         )
         self._constant = self._prefix if key is None and not self._key_slots else None
+        # The commonest call of all: every argument by position, one of them in the key.
+        self._single: tuple[int, str] | None = None
+        if (
+            key is None
+            and self._fast
+            and self._positional == self._count
+            and len(self._key_slots) == 1
+        ):
+            index, name = self._key_slots[0]
+            self._single = (index, self._stored_prefix + name)
+        self._max_length = keys.max_length
 
     def relative(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
         """Returns the relative key of a call (what `Cache.delete` takes)."""
@@ -221,6 +234,11 @@ class _KeyPlan:
 
     def stored(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
         """Returns the stored key of a call: the hot path of every decorated call."""
+        single = self._single
+        if single is not None and not kwargs and len(args) == self._count:
+            value = args[single[0]]
+            key = single[1] + (str(value) if type(value) is int else _encode_part(value))
+            return key if len(key) <= self._max_length else self._keys.fit(key)
         if self._template is not None or not self._key_slots:
             return self._keys.full(self.relative(args, kwargs))
         values = self._bind(args, kwargs)
@@ -339,6 +357,26 @@ class CachedFunction(Generic[P, R]):
         if self._bound is not _UNBOUND:
             args = (self._bound, *args)  # type: ignore[assignment]  # P of the bound method excludes self
         engine = self._engine
+        local = engine.local
+        if local is not None and local.live:
+            # The local tier's hit, inlined: no coroutine of the engine's, one dict lookup.
+            full = self._plan.stored(args, kwargs)
+            found = local.entries.get(full)
+            spec = self._spec or self._make_spec()
+            if (
+                found is not None
+                and found[0] is spec.codec
+                and engine.clock() < found[2]
+                and not engine.bypassing.get()
+            ):
+                local.entries.move_to_end(full)
+                engine.stats.hits += 1
+                self._stats.hits += 1
+                if engine.hooks:
+                    engine.count_local_hit(full, self._stats)
+                return cast("R", found[1])
+            value = await engine.through(full, self._func, args, kwargs, spec)
+            return cast("R", value)
         breaker = engine.breaker
         if breaker.open_until and not engine.strict and breaker.blocked():
             # The backend is known to be down: skip even the key, and call the function as if

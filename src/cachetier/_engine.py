@@ -243,6 +243,10 @@ class Engine:
         if _debug_enabled(logging.DEBUG):
             LOGGER.debug("cache %s: %s", outcome.value, full)
 
+    def count_local_hit(self, full: str, function_stats: StatsRecorder | None) -> None:
+        """Tells the read hooks of a hit served by the local tier (already counted)."""
+        self._notify(ReadEvent(full, Outcome.HIT, function_stats and function_stats.name))
+
     def _notify(self, event: ReadEvent) -> None:
         for hook in self.hooks:
             try:

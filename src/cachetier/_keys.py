@@ -180,6 +180,11 @@ class KeyBuilder:
         return self._version
 
     @property
+    def max_length(self) -> int:
+        """Keys longer than this are shortened with a digest."""
+        return self._max_length
+
+    @property
     def prefix(self) -> str:
         """``namespace:version:`` with both parts escaped; every key starts with it."""
         return self._prefix
