@@ -2,8 +2,11 @@
 
 Every command reads the same settings as the library (``REDIS_URL``, ``REDIS_ENABLED``,
 ``CACHE_*`` and ``.env``), so it sees the keys the application writes. Exit codes: 0 success,
-1 "no" (a key is absent, the backend is slow), 2 a configuration or usage error or an
+1 "no" (a key holds no value, the backend is slow), 2 a configuration or usage error or an
 unhealthy backend, 3 a backend failure.
+
+Only `invalidate` and `bump-version` change anything; `get` reads an entry without the side
+effects of `Cache.get` (which removes an entry it cannot decode).
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ import json
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Final
 
 from ._cache import Cache
+from ._engine import LEASE_TTL
+from ._entry import HEADER, LEASE_PREFIX, MAGIC, SIGNED_MAGIC
 from ._errors import BackendError, ConfigurationError
 from ._settings import CacheSettings, describe_backend_choice
-from ._stats import ReadEvent
-from ._types import Outcome
+from ._types import MISSING, Outcome
 from ._version import __version__
 
 __all__ = ("main",)
@@ -35,13 +41,22 @@ _HEALTH_EXIT: Final = {"healthy": 0, "disabled": 0, "degraded": 1, "unhealthy": 
 
 _SCAN_BATCH: Final = 500
 
+# The entry format this version reads (byte 1 of an entry; see `cachetier._entry`).
+_ENTRY_FORMAT: Final = 2
+
 _DESCRIPTION: Final = f"""\
 Look at and invalidate the cache of a running application (cachetier {__version__}).
 
 Settings come from the environment and from .env in the current directory, exactly as
 the application reads them: REDIS_URL, REDIS_ENABLED and CACHE_* (CACHE_NAMESPACE,
 CACHE_VERSION, ...). Keys are shown and given relative to "namespace:version:", as in
-the Python API: `cachetier get user:42` reads what `cache.get("user:42")` reads."""
+the Python API: `cachetier get user:42` reads what `cache.get("user:42")` reads.
+
+Three ways to invalidate, each within one namespace and version:
+  invalidate PATTERN    the keys matching a glob such as 'user:*'
+  invalidate --tag TAG  the entries written with that tag (tags= on cache.set(),
+                        cache.get_or_set() or @cache.cached)
+  bump-version          every entry at once, in O(1) however many there are"""
 
 _EPILOG: Final = """\
 examples:
@@ -51,10 +66,12 @@ examples:
   cachetier get tasks:pending:10
   cachetier invalidate 'tasks:pending:*' --dry-run
   cachetier invalidate 'tasks:pending:*'
+  cachetier invalidate --tag project:7 --tag project:8
+  cachetier bump-version
 
 exit codes:
   0  done (health: healthy or disabled)
-  1  get: the key holds no value; health: degraded (the backend answered slowly)
+  1  get: the key holds no value (the reason is printed); health: degraded (slow)
   2  a setting or an argument is invalid; health: unhealthy
   3  the backend failed (the reason is printed, never the password)
 
@@ -73,6 +90,11 @@ class _Failure(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``cachetier`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = _parser().parse_args(argv)
+    # Checks that argparse cannot express ("a PATTERN, a --tag, or both"), made before any
+    # setting is read, so a usage error is reported as one whatever the environment.
+    check: Callable[[argparse.Namespace], str | None] | None = getattr(args, "check", None)
+    if check is not None and (problem := check(args)) is not None:
+        args.command_parser.error(problem)  # exits with status 2, after the command's usage
     command: Callable[[Cache, argparse.Namespace], Coroutine[Any, Any, int]] = args.run
     handler = _log_handler(verbose=args.verbose)
     try:
@@ -194,39 +216,113 @@ async def _keys(cache: Cache, args: argparse.Namespace) -> int:
 
 
 async def _get(cache: Cache, args: argparse.Namespace) -> int:
-    stored_key = cache.keys.full(args.key)
-    outcomes: list[Outcome] = []
-
-    # `get` answers with the default for every kind of absence; the read hook tells them
-    # apart, so that the message can say why nothing was printed.
-    def remember(event: ReadEvent) -> None:
-        if event.key == stored_key:
-            outcomes.append(event.outcome)
-
-    absent = object()
-    cache.add_hook(remember)
-    try:
-        value = await cache.get(args.key, absent)
-    finally:
-        cache.remove_hook(remember)
-    if value is absent:
-        reason = _ABSENT_REASONS.get(outcomes[-1] if outcomes else Outcome.MISS, "absent")
-        raise _Failure(f"no value at {args.key!r} ({reason})", EXIT_NO)
+    found = await _inspect(cache, args.key)
+    if found.value is MISSING:
+        raise _Failure(f"no value at {args.key!r}: {found.reason}", EXIT_NO)
+    if found.reason:
+        print(f"cachetier: note: {args.key!r} holds {found.reason}", file=sys.stderr)
     # default=repr keeps a non-JSON value (from the msgpack or pickle serializer) printable.
-    print(json.dumps(value, indent=None if args.compact else 2, ensure_ascii=False, default=repr))
+    print(
+        json.dumps(
+            found.value, indent=None if args.compact else 2, ensure_ascii=False, default=repr
+        )
+    )
     return EXIT_OK
 
 
-# A plain read counts an entry past its freshness as a miss, so MISS covers "expired" too.
-_ABSENT_REASONS: Final = {
-    Outcome.MISS: "absent or expired",
-    Outcome.DECODE_ERROR: "the entry could not be decoded, and a read removes such entries",
-}
+@dataclass(frozen=True)
+class _Found:
+    """What a key holds: a value (or `MISSING`), and why there is none, or a note on the value."""
+
+    value: object
+    reason: str = ""
+
+
+async def _inspect(cache: Cache, key: str) -> _Found:
+    """Reads ``key`` and says what it holds, changing nothing.
+
+    `Cache.get` is no use here: it reports every kind of absence the same way, and it removes
+    an entry it cannot decode, which would destroy what the user is trying to look at.
+    """
+    # The engine is private to the package; this reads through it because no public call
+    # reads an entry without acting on it.
+    engine = cache._engine
+    full = cache.keys.full(key)
+    # The first read of a process fetches the namespace generation in the same MGET, so the
+    # entry is judged against the generation `bump-version` last set.
+    data = await engine.fetch_one(full)
+    if data is None:
+        if await cache.backend.exists(full):
+            # MGET answers nil for a key of another Redis type.
+            return _Found(
+                MISSING,
+                "the key holds a Redis type other than a string (a tag index, or data "
+                "another program wrote), not a cache entry",
+            )
+        return _Found(MISSING, "absent or expired")
+    if len(data) == len(LEASE_PREFIX) + 16 and data.startswith(LEASE_PREFIX):
+        return _Found(
+            MISSING,
+            "a computation in progress holds it (a lease, kept at most "
+            f"{LEASE_TTL:g} s); its result is stored when it finishes, and reads treat the key "
+            "as absent until then",
+        )
+    entry = engine.unseal(full, data)
+    if not entry and engine.signer is not None:
+        return _undecodable(
+            "its signature does not verify with CACHE_SIGNING_KEY (unsigned, tampered with, "
+            "or written under another key)"
+        )
+    if entry[:1] == bytes((SIGNED_MAGIC,)):
+        # The application, holding the key, may well read it: this is no fault of the entry.
+        return _Found(
+            MISSING,
+            "it is a signed entry (Cache(signing_key=...)) and CACHE_SIGNING_KEY is not set "
+            "here; set it as the application does to read the entry",
+        )
+    if entry[:1] == bytes((MAGIC,)) and len(entry) >= 2 and entry[1] != _ENTRY_FORMAT:
+        return _undecodable(
+            f"it has entry format {entry[1]}, from another version of cachetier (this one "
+            f"reads format {_ENTRY_FORMAT})"
+        )
+    now = engine.clock()
+    outcome, value = engine.decode(entry, cache.serializer.loads, now)
+    if outcome is Outcome.DECODE_ERROR:
+        return _undecodable(str(value))
+    if outcome is Outcome.HIT:
+        # `decode` returns a counter (plain digits, as INCRBY keeps them) as an int.
+        return _Found(
+            value, "" if entry[:1] == bytes((MAGIC,)) else "a counter (written by cache.incr)"
+        )
+    _, _, _, _, generation, _, fresh_until, _ = HEADER.unpack_from(entry)
+    if outcome is Outcome.STALE:
+        stale_since = datetime.fromtimestamp(fresh_until, timezone.utc)
+        return _Found(
+            MISSING,
+            f"its value went stale {now - fresh_until:.0f} s ago (at "
+            f"{stale_since:%Y-%m-%d %H:%M:%S} UTC); it is kept only for stale-while-revalidate "
+            "or stale-if-error, and a plain read treats it as absent",
+        )
+    # A MISS from `decode` that is not a lease: an entry of an earlier generation.
+    return _Found(
+        MISSING,
+        f"it was written at generation {generation}, before bump-version moved this "
+        f"namespace and version to generation {engine.generation}; reads treat it as absent, "
+        "and it stays until it expires or is overwritten",
+    )
+
+
+def _undecodable(reason: str) -> _Found:
+    return _Found(
+        MISSING,
+        f"the entry could not be decoded: {reason}. It was left in place; the application "
+        "removes it on its next read of the key",
+    )
 
 
 async def _invalidate(cache: Cache, args: argparse.Namespace) -> int:
     if args.dry_run:
-        found = sorted([key async for key in _matching_keys(cache, args.pattern)])
+        found = sorted([key async for key in _matching_keys(cache, args.pattern, entries=True)])
         for key in found:
             print(key)
         print(
@@ -235,19 +331,64 @@ async def _invalidate(cache: Cache, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_OK
-    deleted = await cache.delete_pattern(args.pattern)
+    # Tags first: a key both tagged and matching is then counted once, by the tags.
+    deleted = await cache.invalidate_tags(*args.tags) if args.tags else 0
+    if args.pattern is not None:
+        deleted += await cache.delete_pattern(args.pattern)
     print(f"deleted {_plural(deleted, 'key')}")
     return EXIT_OK
 
 
-async def _matching_keys(cache: Cache, pattern: str) -> AsyncIterator[str]:
-    """Yields each relative key matching ``pattern`` once, through SCAN (never KEYS)."""
+def _check_invalidate(args: argparse.Namespace) -> str | None:
+    if args.pattern is None and not args.tags:
+        return (
+            "say what to delete: a PATTERN, one or more --tag TAG, or both "
+            "(e.g. `cachetier invalidate 'tasks:*'` or `cachetier invalidate --tag project:7`)"
+        )
+    if args.dry_run and args.tags:
+        return (
+            "--dry-run lists the keys matching PATTERN, and cannot list the entries of a tag; "
+            "leave out --tag to preview the pattern alone"
+        )
+    return None
+
+
+async def _bump_version(cache: Cache, args: argparse.Namespace) -> int:
+    name = f"{cache.namespace}:{cache.version}"
+    if args.dry_run:
+        generation = await _generation(cache)
+        print(f"{name} is at generation {generation}")
+        print(
+            f"cachetier: would bump it to generation {generation + 1}, making every entry now "
+            f"in {name} a miss; run without --dry-run to bump it",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    generation = await cache.bump_version()
+    print(f"bumped {name} to generation {generation}")
+    return EXIT_OK
+
+
+async def _generation(cache: Cache) -> int:
+    """Returns the namespace generation as stored (0 before the first `bump_version`)."""
+    raw = await cache.backend.get(cache.keys.generation_key())
+    return int(raw) if raw is not None and raw.lstrip(b"-").isdigit() else 0
+
+
+async def _matching_keys(
+    cache: Cache, pattern: str, *, entries: bool = False
+) -> AsyncIterator[str]:
+    """Yields each relative key matching ``pattern`` once, through SCAN (never KEYS).
+
+    With ``entries``, leaves out the generation counter, which `delete_pattern` never deletes.
+    """
     prefix = cache.keys.prefix
+    skip = cache.keys.generation_key() if entries else None
     seen: set[str] = set()
     async for batch in cache.backend.scan(cache.keys.pattern(pattern), count=_SCAN_BATCH):
         for stored_key in batch:
             # SCAN may return a key more than once when the keyspace is rehashed meanwhile.
-            if stored_key not in seen:
+            if stored_key not in seen and stored_key != skip:
                 seen.add(stored_key)
                 yield stored_key[len(prefix) :]
 
@@ -339,10 +480,12 @@ def _parser() -> argparse.ArgumentParser:
 
     get = commands.add_parser(
         "get",
-        help="print the value stored at a key, as JSON",
-        description="Prints the value at KEY as JSON. Exit code 1, with the reason on stderr, "
-        "when it holds no fresh value. An entry that cannot be decoded is reported and, as "
-        "on any read by the application, removed.",
+        help="print the value stored at a key, as JSON, or say why there is none",
+        description="Prints the value at KEY as JSON (a counter written by cache.incr() "
+        "as a number). Exit code 1, with the reason on stderr, when it holds no fresh value: "
+        "absent or expired, stale, written before the last bump-version, being computed, or "
+        "not decodable (and why). It only reads: unlike a read by the application, it leaves "
+        "an entry it cannot decode in place.",
     )
     get.add_argument("key", metavar="KEY", help="a relative key, as given to cache.get()")
     get.add_argument("--compact", action="store_true", help="print the JSON on one line")
@@ -350,21 +493,75 @@ def _parser() -> argparse.ArgumentParser:
 
     invalidate = commands.add_parser(
         "invalidate",
-        help="delete the keys matching a pattern",
-        description="Deletes the keys of this namespace and version that match PATTERN "
-        "(SCAN and UNLINK in batches, as cache.delete_pattern() does) and prints how many.",
+        help="delete the keys matching a pattern, or the entries of tags",
+        description="""\
+Deletes entries of this namespace and version and prints how many keys it deleted:
+  - with PATTERN, the keys matching it (SCAN and UNLINK in batches, never KEYS,
+    as cache.delete_pattern() does);
+  - with --tag, the entries stored with any of the tags (as cache.invalidate_tags()
+    does); repeat --tag for several tags;
+  - with both, the keys matching PATTERN and the entries of the tags.
+Give a PATTERN, a --tag, or both. Values being computed while it runs are not stored.""",
+        epilog="""\
+examples:
+  cachetier invalidate 'tasks:pending:*' --dry-run
+  cachetier invalidate 'tasks:pending:*'
+  cachetier invalidate --tag project:7
+  cachetier invalidate 'stats:*' --tag project:7 --tag project:8""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     invalidate.add_argument(
         "pattern",
+        nargs="?",
         metavar="PATTERN",
         help="a Redis glob, relative to 'namespace:version:' (quote it)",
     )
     invalidate.add_argument(
+        "--tag",
+        action="append",
+        dest="tags",
+        type=_tag,
+        metavar="TAG",
+        help="a tag given as tags= when the entries were written, e.g. project:7",
+    )
+    invalidate.add_argument(
         "--dry-run",
         action="store_true",
-        help="list the keys that would be deleted, and delete nothing",
+        help="list the keys matching PATTERN, and delete nothing (not with --tag)",
     )
-    invalidate.set_defaults(run=_invalidate, needs_shared_backend=True)
+    invalidate.set_defaults(
+        run=_invalidate,
+        needs_shared_backend=True,
+        tags=None,
+        check=_check_invalidate,
+        command_parser=invalidate,
+    )
+
+    bump = commands.add_parser(
+        "bump-version",
+        help="invalidate every entry of the namespace and version at once",
+        description="""\
+Invalidates every entry of this namespace and version with one command, however
+many there are, as cache.bump_version() does: it increments the generation that
+each entry records when written, and prints the new one. Entries of earlier
+generations are misses from then on: at once for processes that start later, and
+within version_check_interval (0.25 s by default) for running ones. They are not
+deleted; they stay until they expire or are overwritten.
+
+Like invalidate, it does not ask for confirmation, so that deploy scripts can run
+it; --dry-run shows which namespace and version it would bump.""",
+        epilog="""\
+examples:
+  cachetier bump-version --dry-run
+  cachetier --namespace shop bump-version""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bump.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the current generation, and change nothing",
+    )
+    bump.set_defaults(run=_bump_version, needs_shared_backend=True)
     return parser
 
 
@@ -386,3 +583,9 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
     return value
+
+
+def _tag(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import struct
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,8 @@ async def cache(redis_url: str, namespace: str) -> AsyncIterator[Cache]:
     cache = Cache(RedisBackend.from_url(redis_url), namespace=namespace)
     yield cache
     await cache.clear()
+    # `clear` keeps the generation counter on purpose; the test's namespace is gone with it.
+    await cache.backend.delete(cache.keys.generation_key())
     await cache.aclose()
 
 
@@ -82,11 +86,51 @@ async def test_help_describes_every_command_with_examples(
 ) -> None:
     result = await run_cli("--help", env=base_env, cwd=tmp_path)
     assert result.code == 0
-    for command in ("health", "keys", "get", "invalidate"):
+    for command in ("health", "keys", "get", "invalidate", "bump-version"):
         assert f"    {command} " in result.stdout
+    assert "invalidate --tag TAG" in result.stdout
     assert "examples:" in result.stdout
     assert "exit codes:" in result.stdout
     assert "examples/demo.py" in result.stdout  # says where the demo is, since it is not a command
+
+
+async def test_invalidate_help_says_pattern_and_tags_combine(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    result = await run_cli("invalidate", "--help", env=base_env, cwd=tmp_path)
+    assert result.code == 0
+    assert "usage: cachetier invalidate [-h] [--tag TAG] [--dry-run] [PATTERN]" in result.stdout
+    assert "Give a PATTERN, a --tag, or both." in result.stdout
+    assert "cachetier invalidate --tag project:7" in result.stdout
+
+
+async def test_bump_version_help_explains_what_it_does_and_when_others_see_it(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    result = await run_cli("bump-version", "--help", env=base_env, cwd=tmp_path)
+    assert result.code == 0
+    assert "cache.bump_version()" in result.stdout
+    assert "version_check_interval" in result.stdout
+    assert "--dry-run" in result.stdout
+
+
+async def test_invalidate_without_pattern_or_tag_is_a_usage_error(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Reported before any setting is read: the environment here has no REDIS_URL."""
+    result = await run_cli("invalidate", env=base_env, cwd=tmp_path)
+    assert result.code == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("usage: cachetier invalidate")
+    assert "a PATTERN, one or more --tag TAG, or both" in result.stderr
+
+
+async def test_invalidate_dry_run_with_a_tag_is_a_usage_error(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    result = await run_cli("invalidate", "*", "--tag", "t", "--dry-run", env=base_env, cwd=tmp_path)
+    assert result.code == 2
+    assert "--dry-run" in result.stderr.splitlines()[-1]
 
 
 async def test_missing_command_is_a_usage_error(base_env: dict[str, str], tmp_path: Path) -> None:
@@ -178,13 +222,112 @@ async def test_get_of_an_absent_key_exits_1_with_the_reason(
 
 
 @pytest.mark.redis
-async def test_get_of_an_undecodable_entry_exits_1_saying_so(
+async def test_get_of_an_undecodable_entry_exits_1_and_leaves_it_in_place(
     cli_env: dict[str, str], tmp_path: Path, cache: Cache
 ) -> None:
-    await cache.backend.set(cache.keys.full("foreign"), b"written by someone else")
+    full = cache.keys.full("foreign")
+    await cache.backend.set(full, b"written by someone else")
     result = await run_cli("get", "foreign", env=cli_env, cwd=tmp_path)
     assert result.code == 1
-    assert "could not be decoded" in result.stderr
+    assert result.stdout == ""
+    assert "could not be decoded: not a cachetier entry" in result.stderr
+    assert await cache.backend.get(full) == b"written by someone else"
+
+
+async def _foreign(cache: Cache) -> None:
+    await cache.backend.set(cache.keys.full("k"), b"\x00\x01 binary from another program")
+
+
+async def _lease(cache: Cache) -> None:
+    await cache.backend.set(cache.keys.full("k"), b"\xc3\xff" + bytes(range(16)), 60)
+
+
+async def _earlier_generation(cache: Cache) -> None:
+    await cache.set("k", "before the bump")
+    await cache.bump_version()
+
+
+async def _stale(cache: Cache) -> None:
+    # Written by a process whose clock says two minutes ago: fresh for 60 s of that, so stale
+    # now, and kept in Redis for the hour of stale_ttl.
+    past = Cache(cache.backend, namespace=cache.namespace, clock=lambda: time.time() - 120)
+    await past.get_or_set("k", lambda: "old", ttl=60, stale_ttl=3600)
+
+
+async def _signed(cache: Cache) -> None:
+    signed = Cache(cache.backend, namespace=cache.namespace, signing_key=b"k" * 32)
+    await signed.set("k", "signed value")
+
+
+async def _bad_payload(cache: Cache) -> None:
+    # A format-2 header (magic, format, flags, reserved, generation, created, fresh, delta)
+    # in front of a payload the JSON serializer refuses.
+    header = struct.pack("<BBBBIddf", 0xC1, 2, 0, 0, 0, time.time(), 0.0, 0.0)
+    await cache.backend.set(cache.keys.full("k"), header + b"{not json")
+
+
+async def _other_format(cache: Cache) -> None:
+    await cache.backend.set(cache.keys.full("k"), b"\xc1\x01" + bytes(30))
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    ("write", "reason"),
+    [
+        pytest.param(_foreign, "could not be decoded: not a cachetier entry", id="foreign"),
+        pytest.param(_lease, "a computation in progress holds it", id="lease"),
+        pytest.param(
+            _earlier_generation,
+            "written at generation 0, before bump-version moved this namespace and version to "
+            "generation 1",
+            id="earlier-generation",
+        ),
+        pytest.param(_stale, "its value went stale ", id="stale"),
+        pytest.param(_signed, "a signed entry", id="signed-without-key"),
+        pytest.param(_bad_payload, "could not be decoded: ", id="undecodable-payload"),
+        pytest.param(_other_format, "it has entry format 1", id="other-entry-format"),
+    ],
+)
+async def test_get_says_why_a_key_holds_no_value_and_changes_nothing(
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    cache: Cache,
+    write: Callable[[Cache], Awaitable[None]],
+    reason: str,
+) -> None:
+    await write(cache)
+    full = cache.keys.full("k")
+    before = await cache.backend.get(full)
+    assert before is not None
+    result = await run_cli("get", "k", env=cli_env, cwd=tmp_path)
+    assert result.code == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("cachetier: no value at 'k': ")
+    assert reason in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert await cache.backend.get(full) == before
+
+
+@pytest.mark.redis
+async def test_get_of_a_counter_prints_the_number_and_says_it_is_a_counter(
+    cli_env: dict[str, str], tmp_path: Path, cache: Cache
+) -> None:
+    await cache.incr("hits", 5)
+    result = await run_cli("get", "hits", env=cli_env, cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout) == 5
+    assert "'hits' holds a counter" in result.stderr
+
+
+@pytest.mark.redis
+async def test_get_reads_signed_entries_with_the_signing_key(
+    cli_env: dict[str, str], tmp_path: Path, cache: Cache
+) -> None:
+    await _signed(cache)
+    env = {**cli_env, "CACHE_SIGNING_KEY": "k" * 32}
+    result = await run_cli("get", "k", env=env, cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout) == "signed value"
 
 
 @pytest.mark.redis
@@ -216,6 +359,91 @@ async def test_invalidate_deletes_matching_keys_and_prints_the_count(
 
 
 @pytest.mark.redis
+async def test_invalidate_tag_removes_exactly_the_tagged_entries(
+    cli_env: dict[str, str], tmp_path: Path, cache: Cache
+) -> None:
+    await cache.set("task:1", 1, tags=["project:1"])
+    await cache.set("task:2", 2, tags=["project:1", "project:2"])
+    await cache.set("task:3", 3, tags=["project:2"])
+    await cache.set("task:4", 4)
+    await cache.set("task:5", 5, tags=["project:10"])  # a tag that only starts like one
+    await cache.get_or_set("task:6", lambda: 6, tags=["project:1"])
+    everything = [f"task:{n}" for n in range(1, 7)]
+
+    result = await run_cli("invalidate", "--tag", "project:1", env=cli_env, cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert result.stdout.strip() == "deleted 3 keys"
+    assert await cache.get_many(everything) == {"task:3": 3, "task:4": 4, "task:5": 5}
+
+    result = await run_cli(
+        "invalidate", "--tag", "project:2", "--tag", "nothing", env=cli_env, cwd=tmp_path
+    )
+    assert result.code == 0, result.stderr
+    assert result.stdout.strip() == "deleted 1 key"
+    assert await cache.get_many(everything) == {"task:4": 4, "task:5": 5}
+
+
+@pytest.mark.redis
+async def test_invalidate_pattern_and_tag_together_delete_both(
+    cli_env: dict[str, str], tmp_path: Path, cache: Cache
+) -> None:
+    await cache.set("stats:daily", 1)
+    await cache.set("stats:project:1", 2, tags=["project:1"])  # matched twice, counted once
+    await cache.set("task:1", 3, tags=["project:1"])
+    await cache.set("task:2", 4, tags=["project:2"])
+    result = await run_cli("invalidate", "stats:*", "--tag", "project:1", env=cli_env, cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert result.stdout.strip() == "deleted 3 keys"
+    assert await cache.get_many(["stats:daily", "stats:project:1", "task:1", "task:2"]) == {
+        "task:2": 4
+    }
+
+
+@pytest.mark.redis
+async def test_bump_version_makes_earlier_entries_misses_for_every_reader(
+    cli_env: dict[str, str], tmp_path: Path, cache: Cache, redis_url: str, namespace: str
+) -> None:
+    await cache.set_many({"user:1": 1, "user:2": 2})
+    # A running reader that checks the generation on every read; with the default interval
+    # it would notice within 0.25 s.
+    async with Cache(
+        RedisBackend.from_url(redis_url), namespace=namespace, version_check_interval=0
+    ) as reader:
+        assert await reader.get("user:1") == 1
+
+        result = await run_cli("bump-version", env=cli_env, cwd=tmp_path)
+        assert result.code == 0, result.stderr
+        assert result.stdout.strip() == f"bumped {namespace}:v1 to generation 1"
+
+        assert await reader.get("user:1") is None
+        # A cache created afterwards learns the generation on its first read.
+        async with Cache(RedisBackend.from_url(redis_url), namespace=namespace) as newcomer:
+            assert await newcomer.get_many(["user:1", "user:2"]) == {}
+            await newcomer.set("user:1", "after the bump")
+        assert await reader.get("user:1") == "after the bump"
+    # The old entries are not deleted, only ignored.
+    assert await cache.backend.exists(cache.keys.full("user:2"))
+
+    again = await run_cli("bump-version", env=cli_env, cwd=tmp_path)
+    assert again.stdout.strip() == f"bumped {namespace}:v1 to generation 2"
+
+
+@pytest.mark.redis
+async def test_bump_version_dry_run_prints_the_generation_and_changes_nothing(
+    cli_env: dict[str, str], tmp_path: Path, cache: Cache, redis_url: str, namespace: str
+) -> None:
+    await cache.set("user:1", 1)
+    await cache.bump_version()
+    await cache.set("user:1", 1)
+    result = await run_cli("bump-version", "--dry-run", env=cli_env, cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert result.stdout.strip() == f"{namespace}:v1 is at generation 1"
+    assert "would bump it to generation 2" in result.stderr
+    async with Cache(RedisBackend.from_url(redis_url), namespace=namespace) as newcomer:
+        assert await newcomer.get("user:1") == 1
+
+
+@pytest.mark.redis
 async def test_namespace_and_version_options_override_the_settings(
     cli_env: dict[str, str], tmp_path: Path, redis_url: str, namespace: str
 ) -> None:
@@ -243,7 +471,7 @@ async def test_malformed_redis_url_exits_2_naming_the_variable_without_the_passw
     base_env: dict[str, str], tmp_path: Path
 ) -> None:
     env = {**base_env, "REDIS_URL": f"http://user:{PASSWORD}@cache.internal:6379/0"}
-    commands = (["health"], ["get", "k"], ["keys", "*"])
+    commands = (["health"], ["get", "k"], ["keys", "*"], ["bump-version"])
     results = await asyncio.gather(*(run_cli(*c, env=env, cwd=tmp_path) for c in commands))
     for command, result in zip(commands, results, strict=True):
         assert result.code == 2, command
@@ -265,7 +493,15 @@ async def test_unreachable_redis_health_is_unhealthy_and_reads_exit_3(
     assert report["available"] is False
     assert report["error"]
 
-    commands = (["get", "k"], ["keys", "*"], ["invalidate", "*"])
+    commands = (
+        ["get", "k"],
+        ["keys", "*"],
+        ["invalidate", "*"],
+        ["invalidate", "--tag", "project:7"],
+        ["invalidate", "*", "--tag", "project:7"],
+        ["bump-version"],
+        ["bump-version", "--dry-run"],
+    )
     results = await asyncio.gather(*(run_cli(*c, env=env, cwd=tmp_path) for c in commands))
     for command, result in zip(commands, results, strict=True):
         assert result.code == 3, command
@@ -281,21 +517,26 @@ async def test_server_that_never_answers_fails_within_the_timeouts(
 ) -> None:
     async with black_hole() as port:
         env = {**base_env, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}
-        health, get = await asyncio.gather(
-            run_cli("health", env=env, cwd=tmp_path), run_cli("get", "k", env=env, cwd=tmp_path)
+        health, get, bump = await asyncio.gather(
+            run_cli("health", env=env, cwd=tmp_path),
+            run_cli("get", "k", env=env, cwd=tmp_path),
+            run_cli("bump-version", env=env, cwd=tmp_path),
         )
     assert health.code == 2
     assert "unhealthy" in health.stdout
-    assert get.code == 3
-    assert "timed out" in get.stderr
+    for result in (get, bump):
+        assert result.code == 3
+        assert "timed out" in result.stderr
 
 
 async def test_commands_that_need_redis_refuse_the_process_local_backend(
     base_env: dict[str, str], tmp_path: Path
 ) -> None:
-    result = await run_cli("keys", "*", env=base_env, cwd=tmp_path)
-    assert result.code == 2
-    assert "REDIS_URL is not set" in result.stderr
+    commands = (["keys", "*"], ["invalidate", "--tag", "t"], ["bump-version"])
+    results = await asyncio.gather(*(run_cli(*c, env=base_env, cwd=tmp_path) for c in commands))
+    for command, result in zip(commands, results, strict=True):
+        assert result.code == 2, command
+        assert "REDIS_URL is not set" in result.stderr
 
 
 async def test_health_of_disabled_caching_exits_0(base_env: dict[str, str], tmp_path: Path) -> None:
