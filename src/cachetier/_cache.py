@@ -652,10 +652,15 @@ class Cache:
             TypeError: ``pattern`` is not a ``str``.
             BackendError: the backend failed and the cache is strict.
         """
-        full_pattern = self._keys.pattern(pattern)
+        return await self._delete_matching(self._keys.pattern(pattern), tag_indexes=False)
+
+    async def _delete_matching(self, full_pattern: str, *, tag_indexes: bool) -> int:
         # The generation outlives `clear`: processes still reading at it would otherwise
-        # disagree with those that see it reset.
+        # disagree with those that see it reset. Tag indexes go only with `clear`: a pattern
+        # that happens to match one (``*:1`` and the index of tag ``project:1``) must not
+        # leave that tag's entries beyond the reach of `invalidate_tags`.
         generation_key = self._engine.generation_key
+        tag_prefix = self._keys.tag_key("")
         if self._engine.local is not None:
             self._engine.local.drop_matching(full_pattern)
         backend = self._engine.backend
@@ -666,7 +671,11 @@ class Cache:
         try:
             self._engine.gate("SCAN")
             async for batch in backend.scan(full_pattern, count=_SCAN_BATCH):
-                keys = [key for key in batch if key != generation_key]
+                keys = [
+                    key
+                    for key in batch
+                    if key != generation_key and (tag_indexes or not key.startswith(tag_prefix))
+                ]
                 if unlinking is not None:
                     deleted += await unlinking
                     unlinking = None
@@ -691,9 +700,10 @@ class Cache:
     async def clear(self) -> int:
         """Removes every key of this namespace and version (never the whole database).
 
-        Returns how many keys were removed.
+        Tag indexes go too; the generation counter of `bump_version` stays. Returns how many
+        keys were removed.
         """
-        return await self.delete_pattern("*")
+        return await self._delete_matching(self._keys.pattern("*"), tag_indexes=True)
 
     async def invalidate_tags(self, *tags: str) -> int:
         """Removes every entry stored with any of ``tags``; returns how many there were.

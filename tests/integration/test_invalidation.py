@@ -264,6 +264,19 @@ async def test_tags_holding_separators_and_globs_stay_apart(store: Store) -> Non
     assert await cache.get("b") == 2
 
 
+async def test_a_pattern_matching_a_tag_index_leaves_the_tag_working(store: Store) -> None:
+    """``*:1`` matches the index of tag ``project:1``; only `clear` may remove indexes."""
+    cache = store.cache()
+    await cache.set("task:7", "t", tags=["project:1"])
+    await cache.set("list:1", "l")
+    assert await cache.delete_pattern("*:1") == 1  # the entry list:1, not the index
+    assert await cache.invalidate_tags("project:1") == 1
+    assert await cache.get("task:7") is None
+    await cache.set("task:8", "t", tags=["project:1"])
+    assert await cache.clear() >= 1  # the entry, and its index where it is a key (Redis)
+    assert await cache.invalidate_tags("project:1") == 0
+
+
 async def test_a_large_tag_is_removed_in_bounded_batches(store: Store) -> None:
     cache = store.cache()
     for start in range(0, 1_234, 100):
