@@ -169,6 +169,12 @@ class Cache:
                 threshold=settings.breaker_failures, cooldown=settings.breaker_cooldown
             ),
             signing_key=settings.signing_key,
+            version_check_interval=settings.version_check_interval,
+            local=(
+                LocalTier(max_entries=settings.local_max_entries, ttl=settings.local_ttl)
+                if settings.local_tier
+                else None
+            ),
         )
         LOGGER.info(startup_log_line(settings, backend))
         return cache

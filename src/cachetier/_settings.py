@@ -142,6 +142,23 @@ class CacheSettings(BaseSettings):
         ge=64,  # KeyBuilder's floor: room for the namespace, the version and a digest
         description="Longer keys are shortened with a stable hash.",
     )
+    version_check_interval: float = Field(
+        default=0.25,
+        ge=0,
+        allow_inf_nan=False,
+        description="Seconds between reads that also fetch the generation (bump_version).",
+    )
+    local_tier: bool = Field(
+        default=False,
+        description="Keep hot values in process memory too, kept coherent through Redis.",
+    )
+    local_max_entries: int = Field(default=10_000, ge=1, description="Local tier bound.")
+    local_ttl: float = Field(
+        default=60.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds a value stays in the local tier at most.",
+    )
 
     @field_validator("redis_url", mode="before")
     @classmethod

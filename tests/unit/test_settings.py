@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from cachetier import ConfigurationError
+from cachetier import Cache, ConfigurationError
 from cachetier._settings import (
     CacheSettings,
     build_backend,
@@ -78,6 +78,10 @@ def test_defaults_without_environment() -> None:
         ("CACHE_MAX_VALUE_BYTES", "512", "max_value_bytes", 512),
         ("CACHE_STRICT", "true", "strict", True),
         ("CACHE_KEY_MAX_LENGTH", "120", "key_max_length", 120),
+        ("CACHE_VERSION_CHECK_INTERVAL", "0", "version_check_interval", 0.0),
+        ("CACHE_LOCAL_TIER", "true", "local_tier", True),
+        ("CACHE_LOCAL_MAX_ENTRIES", "500", "local_max_entries", 500),
+        ("CACHE_LOCAL_TTL", "5", "local_ttl", 5.0),
     ],
 )
 def test_each_variable_is_read(
@@ -429,3 +433,15 @@ def test_startup_line_for_disabled_cache_gives_reason() -> None:
     assert "backend=null" in line
     assert "url=" not in line
     assert "REDIS_ENABLED=false" in line
+
+
+def test_from_settings_builds_the_local_tier_when_asked(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("CACHE_LOCAL_TIER", "true")
+    monkeypatch.setenv("CACHE_LOCAL_MAX_ENTRIES", "7")
+    cache = Cache.from_settings()
+    local = cache._engine.local  # noqa: SLF001
+    assert local is not None
+    assert local.settings.max_entries == 7
