@@ -133,6 +133,7 @@ class World:
         self.redis_cache: Any = None
         self.memory_cache: Any = None
         self.tiered_cache: Any = None
+        self.redis_cache_untimed: Any = None
         self.functions: dict[str, Any] = {}
         self.peer_errors: dict[str, str] = {}
 
@@ -163,6 +164,10 @@ class World:
         self.stack.push_async_callback(self.raw.flushdb)  # runs before aclose (LIFO)
         self.redis_cache = Cache(RedisBackend.from_url(REDIS_URL), namespace="bench")
         self.stack.push_async_callback(self.redis_cache.aclose)
+        self.redis_cache_untimed = Cache(
+            RedisBackend.from_url(REDIS_URL), namespace="bench-untimed", latency_stats=False
+        )
+        self.stack.push_async_callback(self.redis_cache_untimed.aclose)
         self.memory_cache = Cache(MemoryBackend(), namespace="bench")
         self.stack.push_async_callback(self.memory_cache.aclose)
         self.tiered_cache = Cache(
@@ -324,6 +329,17 @@ async def redis_hits(world: World, payload: Payload) -> Section:
             )
         )
     cases += [
+        await world.case(
+            f"redis.{slug}.cachetier_no_latency",
+            f"cachetier @cached -> {typed_name}, latency_stats=False",
+            lambda: world.cachetier_cached(
+                world.redis_cache_untimed,
+                f"ct_redis_{slug}_untimed",
+                payload.value,
+                payload.returns,
+            ),
+            peer=f"redis.{slug}.cachetier",
+        ),
         await world.case(
             f"redis.{slug}.cachetier_untyped",
             "cachetier @cached(typed=False)",

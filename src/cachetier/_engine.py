@@ -145,6 +145,8 @@ class Engine:
         "stats",
         "strict",
         "tasks",
+        "timing",
+        "timing_wanted",
     )
 
     def __init__(
@@ -162,7 +164,9 @@ class Engine:
         clock: Clock,
         generation_interval: float,
         local: LocalTier | None = None,
+        latency_stats: bool = True,
     ) -> None:
+        self.timing_wanted = latency_stats
         self.local_settings = local
         self.local: LocalState | None = None
         self.keys = keys
@@ -200,6 +204,8 @@ class Engine:
         # Merging concurrent reads saves round trips; a backend whose calls never wait on I/O
         # (it says so with ``in_process = True``) answers before a second reader can arrive.
         self.merge_reads: bool = not getattr(backend, "in_process", False)
+        # Latency is timed for backends that do I/O; an in-process one would only pay for it.
+        self.timing: bool = self.merge_reads and self.timing_wanted
         self.guarded: bool = isinstance(backend, GuardedBackend)
         # Another store may be at another generation: learn it with the next read.
         self.generation_due = -math.inf
@@ -338,7 +344,7 @@ class Engine:
         invalidation since then wins, and the write is skipped. A backend that failed open
         returns ``False`` too.
         """
-        started = perf_counter_ns() if self.merge_reads else 0
+        started = perf_counter_ns() if self.timing else 0
         try:
             self.gate("SET")
             if guard:
@@ -549,7 +555,7 @@ class Engine:
             else:
                 local.start()
             seq = local.seq
-        started = perf_counter_ns() if self.merge_reads else 0
+        started = perf_counter_ns() if self.timing else 0
         try:
             data = await self.shared.get(full)
         except BackendError as exc:
@@ -713,7 +719,7 @@ class Engine:
             seq = local.seq
         read_failed = False
         # Latency is measured for backends that do I/O; an in-process one would only pay for it.
-        started = perf_counter_ns() if self.merge_reads else 0
+        started = perf_counter_ns() if self.timing else 0
         try:
             data = await self.shared.get(full)
         except BackendError as exc:

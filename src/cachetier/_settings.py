@@ -148,6 +148,9 @@ class CacheSettings(BaseSettings):
         allow_inf_nan=False,
         description="Seconds between reads that also fetch the generation (bump_version).",
     )
+    latency_stats: bool = Field(
+        default=True, description="Time backend calls for the latency percentiles of stats."
+    )
     local_tier: bool = Field(
         default=False,
         description="Keep hot values in process memory too, kept coherent through Redis.",

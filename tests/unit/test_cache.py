@@ -673,6 +673,18 @@ async def test_incr_of_a_non_counter_raises_counter_error_and_spares_the_breaker
     assert spy.calls == ["get"]
 
 
+async def test_latency_stats_off_times_nothing_and_still_counts(spy: SpyBackend) -> None:
+    cache = Cache(spy, latency_stats=False)
+    await cache.set("k", 1)
+    for _ in range(5):
+        assert await cache.get("k") == 1
+    assert await cache.get("absent") is None
+    stats = cache.stats
+    assert (stats.hits, stats.misses, stats.sets) == (5, 1, 1)
+    assert stats.backend_calls == 0
+    assert stats.latency_p50_ms is None
+
+
 async def test_stats_report_backend_latency_percentiles(cache: Cache) -> None:
     """The spy backend does not declare itself in-process, so its calls are timed."""
     assert cache.stats.latency_p50_ms is None

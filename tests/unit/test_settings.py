@@ -80,6 +80,7 @@ def test_defaults_without_environment() -> None:
         ("CACHE_KEY_MAX_LENGTH", "120", "key_max_length", 120),
         ("CACHE_VERSION_CHECK_INTERVAL", "0", "version_check_interval", 0.0),
         ("CACHE_LOCAL_TIER", "true", "local_tier", True),
+        ("CACHE_LATENCY_STATS", "false", "latency_stats", False),
         ("CACHE_LOCAL_MAX_ENTRIES", "500", "local_max_entries", 500),
         ("CACHE_LOCAL_TTL", "5", "local_ttl", 5.0),
     ],
@@ -442,6 +443,6 @@ def test_from_settings_builds_the_local_tier_when_asked(
     monkeypatch.setenv("CACHE_LOCAL_TIER", "true")
     monkeypatch.setenv("CACHE_LOCAL_MAX_ENTRIES", "7")
     cache = Cache.from_settings()
-    local = cache._engine.local  # noqa: SLF001
+    local = cache._engine.local
     assert local is not None
     assert local.settings.max_entries == 7
