@@ -64,6 +64,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     if made.backends:
         cleaner = Cache(made.backends[0], namespace=made.namespace)
         await cleaner.clear()
+        await made.backends[0].delete(cleaner.keys.generation_key())
     for backend in made.backends:
         await backend.aclose()
 
