@@ -11,7 +11,7 @@ uncached queries take 100-400 ms).
 Two kinds of caching are shown side by side:
 
 - decorated query functions (``@cache.cached(key="tasks:pending:{limit}")``): the value is
-  cached, the route still runs, and a write invalidates by key or pattern;
+  cached, the route still runs, and a write invalidates by tag or key;
 - response caching (``@cache_response``) on ``GET /api/content/{id}``: the whole HTTP response is
   cached with an ``ETag``, so a browser that has it gets a 304, and a hit never opens the DB.
 """
@@ -86,13 +86,14 @@ def create_app(
     size = tasks or int(os.environ.get("TASKSERVICE_TASKS", str(DEFAULT_TASKS)))
 
     # The queries are cached as values: keys are relative to the cache's namespace, so
-    # cache.delete("tasks:pending:20") and delete_pattern("tasks:pending:*") reach them.
+    # cache.delete("tasks:pending:20") and delete_pattern("tasks:pending:*") reach them, and
+    # tags name what they show, so a write invalidates every query that shows what it changed.
     # The connection is excluded from keys: it is the same object for every call.
-    @cache.cached(ttl=TTL.QUERY, key="tasks:pending:{limit}")
+    @cache.cached(ttl=TTL.QUERY, key="tasks:pending:{limit}", tags=["tasks"])
     async def pending_tasks(db: aiosqlite.Connection, limit: int) -> list[queries.Task]:
         return await queries.pending_tasks(db, limit)
 
-    @cache.cached(ttl=TTL.METRICS, key="metrics:{days}")
+    @cache.cached(ttl=TTL.METRICS, key="metrics:{days}", tags=["task-events"])
     async def metrics(db: aiosqlite.Connection, days: int) -> list[queries.MetricRow]:
         return await queries.metrics(db, days)
 
@@ -136,30 +137,32 @@ def create_app(
 
     @app.post("/api/tasks", status_code=201)
     async def create_task(task: NewTask, db: Database, cache: CacheDependency) -> dict[str, int]:
-        task_id = await queries.create_task(db, task.title, task.priority)
-        # Every cached page of pending tasks may now be wrong, whatever its limit.
-        await cache.delete_pattern("tasks:pending:*")
+        # Every cached page of pending tasks may now be wrong, whatever its limit. The block
+        # invalidates once the write is done; a query that read the old rows while it ran
+        # does not store them afterwards.
+        async with cache.invalidating(tags=["tasks"]):
+            task_id = await queries.create_task(db, task.title, task.priority)
         return {"id": task_id}
 
     @app.put("/api/tasks/{task_id}")
     async def update_task(
         task_id: int, change: TaskChange, db: Database, cache: CacheDependency
     ) -> dict[str, int]:
-        if not await queries.update_task(
-            db, task_id, status=change.status, priority=change.priority
-        ):
-            raise HTTPException(status_code=404, detail=f"no task {task_id}")
         # The update is recorded as an event, so the metrics move too.
-        await cache.delete_pattern("tasks:pending:*")
-        await cache.delete_pattern("metrics:*")
+        async with cache.invalidating(tags=["tasks", "task-events"]):
+            updated = await queries.update_task(
+                db, task_id, status=change.status, priority=change.priority
+            )
+        if not updated:
+            raise HTTPException(status_code=404, detail=f"no task {task_id}")
         return {"id": task_id}
 
     @app.delete("/api/tasks/{task_id}")
     async def delete_task(task_id: int, db: Database, cache: CacheDependency) -> dict[str, int]:
-        if not await queries.delete_task(db, task_id):
+        async with cache.invalidating(tags=["tasks", "task-events"]):
+            deleted = await queries.delete_task(db, task_id)
+        if not deleted:
             raise HTTPException(status_code=404, detail=f"no task {task_id}")
-        await cache.delete_pattern("tasks:pending:*")
-        await cache.delete_pattern("metrics:*")
         return {"deleted": task_id}
 
     @app.put("/api/content/{article_id}")
