@@ -53,7 +53,10 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
         made = Store("fakeredis", lambda: RedisBackend(fakeredis.FakeAsyncRedis(server=server)))
     elif request.param == "redis":
         url = request.getfixturevalue("redis_url")
-        made = Store("redis", lambda: RedisBackend.from_url(url))
+        # Generous timeouts: these tests check semantics, on CI machines that may stall.
+        made = Store(
+            "redis", lambda: RedisBackend.from_url(url, connect_timeout=2.0, command_timeout=2.0)
+        )
     else:
         url = request.getfixturevalue("redis_cluster").url
         made = Store(

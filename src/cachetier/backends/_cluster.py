@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, Final, cast, final
+from typing import Any, ClassVar, Final, cast, final
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import PubSub
@@ -37,8 +36,10 @@ from ._cluster_errors import CLUSTER_FAILURES as _CLUSTER_FAILURES
 from ._cluster_errors import cluster_failure
 from ._hosts import split_hosts
 from ._protocol import Notifications
+from ._redis_common import SingleKeyCommands, Subscription
+from ._redis_common import px as _px
 from ._scripts import RELEASE_LOCK, SET_IF, TAG_ADD
-from .redis import _decode_keys, _milliseconds, _px
+from .redis import _decode_keys, _milliseconds
 
 __all__ = ("RedisClusterBackend",)
 
@@ -98,7 +99,7 @@ return removed
 
 
 @final
-class RedisClusterBackend:
+class RedisClusterBackend(SingleKeyCommands):
     """A backend storing bytes in a Redis Cluster through redis-py's asyncio cluster client.
 
     Build one with `RedisBackend.from_url` and a ``redis+cluster://`` URL (it owns its client
@@ -110,6 +111,9 @@ class RedisClusterBackend:
     Lock wake-ups are published to, and received from, one primary through a plain client of
     this backend's own; the cluster forwards every PUBLISH to every node.
     """
+
+    failures: ClassVar[tuple[type[BaseException], ...]] = _CLUSTER_FAILURES
+    _client: RedisCluster
 
     __slots__ = (
         "_client",
@@ -212,13 +216,6 @@ class RedisClusterBackend:
         """Always ``"redis-cluster"``."""
         return "redis-cluster"
 
-    async def get(self, key: str) -> bytes | None:
-        """Returns the value of ``key`` (GET), or ``None`` when it is absent."""
-        try:
-            return await self._get(key)
-        except _CLUSTER_FAILURES as exc:
-            raise self._failure("GET", exc) from exc
-
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """Returns the values of ``keys`` in order; one MGET per hash slot, one round trip per node."""
         if not keys:
@@ -228,16 +225,6 @@ class RedisClusterBackend:
         except _CLUSTER_FAILURES as exc:
             raise self._failure("MGET", exc) from exc
         return cast("list[bytes | None]", values)
-
-    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        """Stores ``value`` with SET, and ``PX`` when ``ttl`` is given (rounded up to 1 ms)."""
-        try:
-            if ttl is None:
-                await self._client.set(key, value)
-            else:
-                await self._client.set(key, value, px=_px(ttl))
-        except _CLUSTER_FAILURES as exc:
-            raise self._failure("SET", exc) from exc
 
     async def set_many(self, items: Mapping[str, bytes], ttl: float | None = None) -> None:
         """Stores every item with a pipeline of SET (``PX`` with a ttl): one round trip per node.
@@ -255,17 +242,6 @@ class RedisClusterBackend:
         except _CLUSTER_FAILURES as exc:
             raise self._failure("SET pipeline", exc) from exc
 
-    async def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
-        """Stores ``value`` only if ``key`` is absent (SET NX); returns whether it was stored."""
-        try:
-            if ttl is None:
-                stored = await self._client.set(key, value, nx=True)
-            else:
-                stored = await self._client.set(key, value, nx=True, px=_px(ttl))
-        except _CLUSTER_FAILURES as exc:
-            raise self._failure("SET NX", exc) from exc
-        return bool(stored)
-
     async def delete(self, *keys: str) -> int:
         """Removes ``keys`` with one UNLINK per hash slot; returns how many existed."""
         if not keys:
@@ -281,26 +257,6 @@ class RedisClusterBackend:
             return bool(await self._client.execute_command("EXISTS", key))
         except _CLUSTER_FAILURES as exc:
             raise self._failure("EXISTS", exc) from exc
-
-    async def ttl(self, key: str) -> float | None:
-        """Returns the seconds ``key`` has left (PTTL), ``math.inf`` if none, ``None`` if absent."""
-        try:
-            milliseconds = await self._client.pttl(key)
-        except _CLUSTER_FAILURES as exc:
-            raise self._failure("PTTL", exc) from exc
-        if milliseconds == -2:
-            return None
-        if milliseconds == -1:
-            return math.inf
-        return int(milliseconds) / 1000
-
-    async def expire(self, key: str, ttl: float) -> bool:
-        """Sets the expiry of an existing ``key`` (PEXPIRE); returns ``False`` if it is absent."""
-        px = _px(ttl)
-        try:
-            return bool(await self._client.pexpire(key, px))
-        except _CLUSTER_FAILURES as exc:
-            raise self._failure("PEXPIRE", exc) from exc
 
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
         """Adds ``amount`` to the integer at ``key`` (INCRBY) and returns the result.
@@ -318,7 +274,7 @@ class RedisClusterBackend:
             if ttl is None:
                 value = await self._client.incrby(key, amount)
             else:
-                await self._load_scripts()
+                await self._scripts_ready()
                 value = await self._incr_with_ttl(keys=[key], args=[amount, _px(ttl)])
         except ResponseError as exc:
             message = str(exc)
@@ -430,21 +386,6 @@ class RedisClusterBackend:
 
     # -- locks and wake-ups (LockingBackend) ---------------------------------------------------
 
-    async def acquire_lock(self, name: str, token: str, ttl: float) -> bool:
-        """Takes the lock ``name`` with ``SET NX PX``; returns whether this call took it."""
-        try:
-            return bool(await self._client.set(name, token, nx=True, px=_px(ttl)))
-        except _CLUSTER_FAILURES as exc:
-            raise self._failure("SET NX (lock)", exc) from exc
-
-    async def release_lock(self, name: str, token: str) -> bool:
-        """Deletes the lock ``name`` only if ``token`` still holds it (a Lua compare-and-delete)."""
-        try:
-            await self._load_scripts()
-            return bool(await self._release(keys=[name], args=[token]))
-        except _CLUSTER_FAILURES as exc:
-            raise self._failure("EVALSHA (lock release)", exc) from exc
-
     async def publish(self, channel: str) -> None:
         """Sends an empty message on ``channel`` (PUBLISH) to one primary, which the cluster
         forwards to every node."""
@@ -472,7 +413,7 @@ class RedisClusterBackend:
                 # The node may have failed: the next subscription picks a primary afresh.
                 await self._drop_node_client()
                 raise self._failure("SUBSCRIBE", exc) from exc
-            yield _Subscription(pubsub, self)
+            yield Subscription(pubsub, self)
         finally:
             if pubsub is not None:
                 with contextlib.suppress(*_CLUSTER_FAILURES):
@@ -506,7 +447,7 @@ class RedisClusterBackend:
             with contextlib.suppress(*_CLUSTER_FAILURES):
                 await node_client.aclose()
 
-    async def _load_scripts(self) -> None:
+    async def _scripts_ready(self) -> None:
         """Loads every script on every primary once, before the first EVALSHA.
 
         redis-py's cluster client answers a NOSCRIPT by loading the script and retrying, but
@@ -522,25 +463,6 @@ class RedisClusterBackend:
 
     # -- guarded writes and tags (GuardedBackend) ------------------------------------------------
 
-    async def set_if(self, key: str, expected: bytes, value: bytes, ttl: float | None) -> bool:
-        """Stores ``value`` only if the value at ``key`` starts with ``expected`` (a Lua script)."""
-        try:
-            await self._load_scripts()
-            stored = await self._set_if(
-                keys=[key], args=[expected, value, "0" if ttl is None else _px(ttl)]
-            )
-        except _CLUSTER_FAILURES as exc:
-            raise self._failure("EVALSHA (set_if)", exc) from exc
-        return bool(stored)
-
-    async def delete_if(self, key: str, expected: bytes) -> bool:
-        """Removes ``key`` only if its value is exactly ``expected`` (a Lua compare-and-delete)."""
-        try:
-            await self._load_scripts()
-            return bool(await self._release(keys=[key], args=[expected]))
-        except _CLUSTER_FAILURES as exc:
-            raise self._failure("EVALSHA (delete_if)", exc) from exc
-
     async def tag_add(self, tags: Sequence[str], member: str, ttl: float | None) -> None:
         """Records ``member`` in the sorted set at each of ``tags``: one script call per tag.
 
@@ -550,7 +472,7 @@ class RedisClusterBackend:
             return
         px = "0" if ttl is None else _px(ttl)
         try:
-            await self._load_scripts()
+            await self._scripts_ready()
         except _CLUSTER_FAILURES as exc:
             raise self._failure("SCRIPT LOAD", exc) from exc
         results = await asyncio.gather(
@@ -576,7 +498,7 @@ class RedisClusterBackend:
             # Members recorded while this runs are new entries; stop once the members present
             # at the start could all have been removed, so a busy tag cannot keep us here.
             remaining = int(await self._client.zcard(tag))
-            await self._load_scripts()
+            await self._scripts_ready()
             while remaining > 0:
                 # Scores kept as the server wrote them, to compare them as text in the script.
                 scored = cast(
@@ -608,32 +530,6 @@ class RedisClusterBackend:
             command_ms=self._command_ms,
             max_connections=self._client.get_connection_kwargs().get("max_connections"),
         )
-
-
-@final
-class _Subscription:
-    """The `Notifications` of one `RedisClusterBackend.subscribe` block."""
-
-    __slots__ = ("_backend", "_pubsub")
-
-    def __init__(self, pubsub: PubSub, backend: RedisClusterBackend) -> None:
-        self._pubsub = pubsub
-        self._backend = backend
-
-    async def wait(self, timeout: float) -> bool:
-        """Waits up to ``timeout`` seconds for a published message; returns whether one came."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while (remaining := deadline - loop.time()) > 0:
-            try:
-                message = await self._pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=remaining
-                )
-            except _CLUSTER_FAILURES as exc:
-                raise self._backend._failure("SUBSCRIBE (wait)", exc) from exc
-            if message is not None and message.get("type") == "message":
-                return True
-        return False
 
 
 def _version_order(version: str) -> tuple[int, ...]:

@@ -8,10 +8,9 @@ import math
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Final, Literal, cast, final
+from typing import TYPE_CHECKING, ClassVar, Final, Literal, cast, final
 
 from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, MaxConnectionsError, RedisError, ResponseError
@@ -21,6 +20,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .._errors import BackendError, ConfigurationError, CounterError
 from .._redact import redact_url
 from ._protocol import Notifications
+from ._redis_common import SingleKeyCommands, Subscription
+from ._redis_common import px as _px
 from ._scripts import RELEASE_LOCK, SET_IF, TAG_ADD, TAG_INVALIDATE
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ _MEBIBYTE: Final = 1024 * 1024
 
 
 @final
-class RedisBackend:
+class RedisBackend(SingleKeyCommands):
     """A backend storing bytes in Redis (or Valkey) through redis-py's asyncio client.
 
     Build one with `from_url`, which owns its connection pool, or wrap a client you already
@@ -73,6 +74,9 @@ class RedisBackend:
     Every call is bounded by these timeouts alone (see `from_url`); the backend adds no timer
     of its own to the hit path.
     """
+
+    failures: ClassVar[tuple[type[BaseException], ...]] = _FAILURES
+    _client: Redis
 
     __slots__ = (
         "_client",
@@ -286,13 +290,6 @@ class RedisBackend:
         """Always ``"redis"``."""
         return "redis"
 
-    async def get(self, key: str) -> bytes | None:
-        """Returns the value of ``key`` (GET), or ``None`` when it is absent."""
-        try:
-            return await self._get(key)
-        except _FAILURES as exc:
-            raise self._failure("GET", exc) from exc
-
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """Returns the values of ``keys`` in order with one MGET; ``None`` for absent ones."""
         if not keys:
@@ -303,16 +300,6 @@ class RedisBackend:
             raise self._failure("MGET", exc) from exc
         # Not decoded: the constructor refused decode_responses clients.
         return cast("list[bytes | None]", values)
-
-    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        """Stores ``value`` with SET, and ``PX`` when ``ttl`` is given (rounded up to 1 ms)."""
-        try:
-            if ttl is None:
-                await self._client.set(key, value)
-            else:
-                await self._client.set(key, value, px=_px(ttl))
-        except _FAILURES as exc:
-            raise self._failure("SET", exc) from exc
 
     async def set_many(self, items: Mapping[str, bytes], ttl: float | None = None) -> None:
         """Stores every item in one round trip: MSET, or a pipeline of ``SET PX`` with a ttl.
@@ -336,17 +323,6 @@ class RedisBackend:
         except _FAILURES as exc:
             raise self._failure("SET pipeline", exc) from exc
 
-    async def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
-        """Stores ``value`` only if ``key`` is absent (SET NX); returns whether it was stored."""
-        try:
-            if ttl is None:
-                stored = await self._client.set(key, value, nx=True)
-            else:
-                stored = await self._client.set(key, value, nx=True, px=_px(ttl))
-        except _FAILURES as exc:
-            raise self._failure("SET NX", exc) from exc
-        return bool(stored)
-
     async def delete(self, *keys: str) -> int:
         """Removes ``keys`` with UNLINK (memory is freed off the main thread); returns how many existed."""
         if not keys:
@@ -362,26 +338,6 @@ class RedisBackend:
             return bool(await self._client.exists(key))
         except _FAILURES as exc:
             raise self._failure("EXISTS", exc) from exc
-
-    async def ttl(self, key: str) -> float | None:
-        """Returns the seconds ``key`` has left (PTTL), ``math.inf`` if none, ``None`` if absent."""
-        try:
-            milliseconds = await self._client.pttl(key)
-        except _FAILURES as exc:
-            raise self._failure("PTTL", exc) from exc
-        if milliseconds == -2:
-            return None
-        if milliseconds == -1:
-            return math.inf
-        return milliseconds / 1000
-
-    async def expire(self, key: str, ttl: float) -> bool:
-        """Sets the expiry of an existing ``key`` (PEXPIRE); returns ``False`` if it is absent."""
-        px = _px(ttl)
-        try:
-            return bool(await self._client.pexpire(key, px))
-        except _FAILURES as exc:
-            raise self._failure("PEXPIRE", exc) from exc
 
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
         """Adds ``amount`` to the integer at ``key`` (INCRBY) and returns the result.
@@ -473,38 +429,7 @@ class RedisBackend:
         except _FAILURES as exc:
             raise self._failure("close", exc) from exc
 
-    async def acquire_lock(self, name: str, token: str, ttl: float) -> bool:
-        """Takes the lock ``name`` with ``SET NX PX``; returns whether this call took it."""
-        try:
-            return bool(await self._client.set(name, token, nx=True, px=_px(ttl)))
-        except _FAILURES as exc:
-            raise self._failure("SET NX (lock)", exc) from exc
-
-    async def release_lock(self, name: str, token: str) -> bool:
-        """Deletes the lock ``name`` only if ``token`` still holds it (a Lua compare-and-delete)."""
-        try:
-            return bool(await self._release(keys=[name], args=[token]))
-        except _FAILURES as exc:
-            raise self._failure("EVALSHA (lock release)", exc) from exc
-
     # -- guarded writes and tags (GuardedBackend) --------------------------------------------
-
-    async def set_if(self, key: str, expected: bytes, value: bytes, ttl: float | None) -> bool:
-        """Stores ``value`` only if the value at ``key`` starts with ``expected`` (a Lua script)."""
-        try:
-            stored = await self._set_if(
-                keys=[key], args=[expected, value, "0" if ttl is None else _px(ttl)]
-            )
-        except _FAILURES as exc:
-            raise self._failure("EVALSHA (set_if)", exc) from exc
-        return bool(stored)
-
-    async def delete_if(self, key: str, expected: bytes) -> bool:
-        """Removes ``key`` only if its value is exactly ``expected`` (a Lua compare-and-delete)."""
-        try:
-            return bool(await self._release(keys=[key], args=[expected]))
-        except _FAILURES as exc:
-            raise self._failure("EVALSHA (delete_if)", exc) from exc
 
     async def tag_add(self, tags: Sequence[str], member: str, ttl: float | None) -> None:
         """Records ``member`` in the sorted sets at ``tags``, scored by server time (a Lua script)."""
@@ -609,7 +534,7 @@ class RedisBackend:
                 await pubsub.subscribe(channel)
             except _FAILURES as exc:
                 raise self._failure("SUBSCRIBE", exc) from exc
-            yield _Subscription(pubsub, self)
+            yield Subscription(pubsub, self)
         finally:
             with contextlib.suppress(*_FAILURES):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose unannotated
@@ -648,32 +573,6 @@ class RedisBackend:
         return type(exc).__name__
 
 
-@final
-class _Subscription:
-    """The `Notifications` of one `RedisBackend.subscribe` block."""
-
-    __slots__ = ("_backend", "_pubsub")
-
-    def __init__(self, pubsub: PubSub, backend: RedisBackend) -> None:
-        self._pubsub = pubsub
-        self._backend = backend
-
-    async def wait(self, timeout: float) -> bool:
-        """Waits up to ``timeout`` seconds for a published message; returns whether one came."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while (remaining := deadline - loop.time()) > 0:
-            try:
-                message = await self._pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=remaining
-                )
-            except _FAILURES as exc:
-                raise self._backend._failure("SUBSCRIBE (wait)", exc) from exc
-            if message is not None and message.get("type") == "message":
-                return True
-        return False
-
-
 def _describe_os_error(exc: OSError) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
@@ -706,13 +605,6 @@ def _decode_or_none(raw: bytes) -> str | None:
         return raw.decode()
     except UnicodeDecodeError:
         return None
-
-
-def _px(ttl: float) -> int:
-    """Returns ``ttl`` seconds as whole milliseconds for PX, rounded up and at least 1."""
-    if not math.isfinite(ttl):
-        raise ValueError(f"ttl must be a finite number of seconds or None, not {ttl!r}")
-    return max(1, math.ceil(ttl * 1000))
 
 
 def _milliseconds(seconds: object) -> str | None:

@@ -1,0 +1,155 @@
+"""What `RedisBackend` and `RedisClusterBackend` share: the commands on one key, and wake-ups.
+
+Each of these touches a single key, so it reads the same over one server and over a cluster;
+the two backends differ in what they catch (`failures`), in how they describe a failure
+(``_failure``) and in whether scripts must be loaded before their first use (``_scripts_ready``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar, final
+
+from .._errors import BackendError
+
+if TYPE_CHECKING:
+    from redis.asyncio.client import PubSub
+
+__all__ = ("SingleKeyCommands", "Subscription", "px")
+
+
+def px(ttl: float) -> int:
+    """Returns ``ttl`` seconds as whole milliseconds for PX, rounded up and at least 1."""
+    if not math.isfinite(ttl):
+        raise ValueError(f"ttl must be a finite number of seconds or None, not {ttl!r}")
+    return max(1, math.ceil(ttl * 1000))
+
+
+class SingleKeyCommands:
+    """The `Backend` commands on one key, over a redis-py client held as ``_client``."""
+
+    __slots__ = ()
+
+    #: The exceptions that mean "the backend failed", turned into `BackendError`.
+    failures: ClassVar[tuple[type[BaseException], ...]]
+
+    _client: Any
+    _get: Callable[[str], Awaitable[bytes | None]]
+    _release: Callable[..., Awaitable[Any]]
+    _set_if: Callable[..., Awaitable[Any]]
+
+    def _failure(self, command: str, exc: BaseException) -> BackendError:
+        raise NotImplementedError
+
+    async def _scripts_ready(self) -> None:
+        """Makes sure the scripts are loaded where they run; redis-py reloads them on NOSCRIPT."""
+
+    async def get(self, key: str) -> bytes | None:
+        """Returns the value of ``key`` (GET), or ``None`` when it is absent."""
+        try:
+            return await self._get(key)
+        except self.failures as exc:
+            raise self._failure("GET", exc) from exc
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Stores ``value`` with SET, and ``PX`` when ``ttl`` is given (rounded up to 1 ms)."""
+        try:
+            if ttl is None:
+                await self._client.set(key, value)
+            else:
+                await self._client.set(key, value, px=px(ttl))
+        except self.failures as exc:
+            raise self._failure("SET", exc) from exc
+
+    async def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        """Stores ``value`` only if ``key`` is absent (SET NX); returns whether it was stored."""
+        try:
+            if ttl is None:
+                stored = await self._client.set(key, value, nx=True)
+            else:
+                stored = await self._client.set(key, value, nx=True, px=px(ttl))
+        except self.failures as exc:
+            raise self._failure("SET NX", exc) from exc
+        return bool(stored)
+
+    async def ttl(self, key: str) -> float | None:
+        """Returns the seconds ``key`` has left (PTTL), ``math.inf`` if none, ``None`` if absent."""
+        try:
+            milliseconds = int(await self._client.pttl(key))
+        except self.failures as exc:
+            raise self._failure("PTTL", exc) from exc
+        if milliseconds == -2:  # Redis: no such key
+            return None
+        if milliseconds == -1:
+            return math.inf
+        return milliseconds / 1000
+
+    async def expire(self, key: str, ttl: float) -> bool:
+        """Sets the expiry of an existing ``key`` (PEXPIRE); returns ``False`` if it is absent."""
+        milliseconds = px(ttl)
+        try:
+            return bool(await self._client.pexpire(key, milliseconds))
+        except self.failures as exc:
+            raise self._failure("PEXPIRE", exc) from exc
+
+    async def acquire_lock(self, name: str, token: str, ttl: float) -> bool:
+        """Takes the lock ``name`` with ``SET NX PX``; returns whether this call took it."""
+        try:
+            return bool(await self._client.set(name, token, nx=True, px=px(ttl)))
+        except self.failures as exc:
+            raise self._failure("SET NX (lock)", exc) from exc
+
+    async def release_lock(self, name: str, token: str) -> bool:
+        """Deletes the lock ``name`` only if ``token`` still holds it (a Lua compare-and-delete)."""
+        try:
+            await self._scripts_ready()
+            return bool(await self._release(keys=[name], args=[token]))
+        except self.failures as exc:
+            raise self._failure("EVALSHA (lock release)", exc) from exc
+
+    async def set_if(self, key: str, expected: bytes, value: bytes, ttl: float | None) -> bool:
+        """Stores ``value`` only if the value at ``key`` starts with ``expected`` (a Lua script)."""
+        try:
+            await self._scripts_ready()
+            stored = await self._set_if(
+                keys=[key], args=[expected, value, "0" if ttl is None else px(ttl)]
+            )
+        except self.failures as exc:
+            raise self._failure("EVALSHA (set_if)", exc) from exc
+        return bool(stored)
+
+    async def delete_if(self, key: str, expected: bytes) -> bool:
+        """Removes ``key`` only if its value is exactly ``expected`` (a Lua compare-and-delete)."""
+        try:
+            await self._scripts_ready()
+            return bool(await self._release(keys=[key], args=[expected]))
+        except self.failures as exc:
+            raise self._failure("EVALSHA (delete_if)", exc) from exc
+
+
+@final
+class Subscription:
+    """The `Notifications` of one ``subscribe`` block of either Redis backend."""
+
+    __slots__ = ("_backend", "_pubsub")
+
+    def __init__(self, pubsub: PubSub, backend: SingleKeyCommands) -> None:
+        self._pubsub = pubsub
+        self._backend = backend
+
+    async def wait(self, timeout: float) -> bool:
+        """Waits up to ``timeout`` seconds for a published message; returns whether one came."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                message = await self._pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=remaining
+                )
+            except self._backend.failures as exc:
+                raise self._backend._failure("SUBSCRIBE (wait)", exc) from exc
+            if message is not None and message.get("type") == "message":
+                return True
+        return False
