@@ -30,7 +30,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, ResponseError
 
-from .._errors import BackendError, ConfigurationError, CounterError
+from .._errors import BackendError, ConfigurationError
 from .._redact import redact_url
 from ._cluster_errors import CLUSTER_FAILURES as _CLUSTER_FAILURES
 from ._cluster_errors import cluster_failure
@@ -277,17 +277,7 @@ class RedisClusterBackend(SingleKeyCommands):
                 await self._scripts_ready()
                 value = await self._incr_with_ttl(keys=[key], args=[amount, _px(ttl)])
         except ResponseError as exc:
-            message = str(exc)
-            if "not an integer" in message:
-                raise CounterError(
-                    f"INCRBY failed: the value at key {key!r} is not a 64-bit integer"
-                ) from exc
-            if "overflow" in message:
-                raise CounterError(
-                    f"INCRBY failed: adding {amount} to the value at key {key!r} would overflow "
-                    "a 64-bit integer"
-                ) from exc
-            raise self._failure("INCRBY", exc) from exc
+            raise self._incr_failure(key, amount, exc) from exc
         except _CLUSTER_FAILURES as exc:
             raise self._failure("INCRBY", exc) from exc
         return int(value)

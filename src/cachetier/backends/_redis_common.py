@@ -12,7 +12,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, final
 
-from .._errors import BackendError
+from .._errors import BackendError, CounterError
 
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
@@ -42,6 +42,19 @@ class SingleKeyCommands:
 
     def _failure(self, command: str, exc: BaseException) -> BackendError:
         raise NotImplementedError
+
+    def _incr_failure(self, key: str, amount: int, exc: BaseException) -> BackendError:
+        """Returns the error of an INCRBY the server refused: a `CounterError` for a value that
+        is no 64-bit integer or would overflow, else the backend's own failure."""
+        message = str(exc)
+        if "not an integer" in message:
+            return CounterError(f"INCRBY failed: the value at key {key!r} is not a 64-bit integer")
+        if "overflow" in message:
+            return CounterError(
+                f"INCRBY failed: adding {amount} to the value at key {key!r} would overflow "
+                "a 64-bit integer"
+            )
+        return self._failure("INCRBY", exc)
 
     async def _scripts_ready(self) -> None:
         """Makes sure the scripts are loaded where they run; redis-py reloads them on NOSCRIPT."""

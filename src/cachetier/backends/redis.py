@@ -17,7 +17,7 @@ from redis.exceptions import AuthenticationError, MaxConnectionsError, RedisErro
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._errors import BackendError, ConfigurationError, CounterError
+from .._errors import BackendError, ConfigurationError
 from .._redact import redact_url
 from ._protocol import Notifications
 from ._redis_common import SingleKeyCommands, Subscription
@@ -360,17 +360,7 @@ class RedisBackend(SingleKeyCommands):
             pipeline.incrby(key, amount)
             _, value = await pipeline.execute()
         except ResponseError as exc:
-            message = str(exc)
-            if "not an integer" in message:
-                raise CounterError(
-                    f"INCRBY failed: the value at key {key!r} is not a 64-bit integer"
-                ) from exc
-            if "overflow" in message:
-                raise CounterError(
-                    f"INCRBY failed: adding {amount} to the value at key {key!r} would overflow "
-                    "a 64-bit integer"
-                ) from exc
-            raise self._failure("INCRBY", exc) from exc
+            raise self._incr_failure(key, amount, exc) from exc
         except _FAILURES as exc:
             raise self._failure("INCRBY", exc) from exc
         return int(value)
