@@ -145,6 +145,12 @@ async def test_unknown_service_fails_open(sentinel: SentinelServers) -> None:
         report = await cache.health_check()
     assert report.status == "unhealthy"
     assert PASSWORD not in str(report.to_dict())
+    backend = RedisBackend.from_url(url)
+    try:
+        with pytest.raises(BackendError, match="no Sentinel named a master for the service"):
+            await backend.get("k")
+    finally:
+        await backend.aclose()
 
 
 async def test_wrong_password_is_reported_without_it(sentinel: SentinelServers) -> None:

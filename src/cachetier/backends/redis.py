@@ -1,4 +1,8 @@
-"""`RedisBackend`: the `Backend` protocol over redis-py's asyncio client; the only module importing redis."""
+"""`RedisBackend`: the `Backend` protocol over redis-py's asyncio client (one server, or Sentinel).
+
+With `_cluster` (Redis Cluster), `_sentinel` and `_redis_common`, the only modules importing
+redis: the rest of the package never sees a redis-py type or exception.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import TYPE_CHECKING, ClassVar, Final, Literal, cast, final
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, MaxConnectionsError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -551,6 +556,9 @@ class RedisBackend(SingleKeyCommands):
             return f"the server replied {text[:200]!r}"
         if isinstance(exc, MaxConnectionsError):
             return f"all {self._client.connection_pool.max_connections} pooled connections are busy"
+        if isinstance(exc, MasterNotFoundError):
+            # Its message names the service only: no host, port or password.
+            return "no Sentinel named a master for the service (unknown service, or none answered)"
         # redis-py wraps socket errors in its ConnectionError, keeping the OSError as the
         # context; its own message would name the host and port, so it is described here.
         cause: BaseException | None = exc
