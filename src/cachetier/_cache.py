@@ -111,7 +111,7 @@ class Cache:
             process may serve entries from before a bump; ``0`` checks on every read.
         local: a process-local tier of decoded values in front of a Redis backend, kept
             coherent through Redis (see `LocalTier`); ignored, with an INFO line, on backends
-            that cannot report changes (memory, null, cluster).
+            that cannot report changes (memory, null).
         latency_stats: time each backend call for the latency percentiles of `stats` (about
             1 µs a call on Redis; never done for in-process backends). The counters are kept
             either way: they cost two integer increments a read.

@@ -13,8 +13,9 @@ as soon as Redis has applied it and this event loop has read the message: about 
 (measured in ``tests/integration/test_local_tier.py``). A value read from Redis just before
 a change is not kept if any message arrives while the read is under way, so a message can
 never be overtaken by the value it invalidates. The subscription answers a PING every
-``heartbeat`` seconds; when it fails, or one goes unanswered for two heartbeats, the tier is
-emptied and bypassed (every read goes to Redis) until a new subscription is confirmed, and
+``heartbeat`` seconds, and is given up once its last answer is more than two heartbeats old
+(checked every heartbeat, so within three of a silent server); when it fails or is given up,
+the tier is emptied and bypassed (every read goes to Redis) until a new subscription is confirmed, and
 emptied again then. A value is never trusted without a live subscription; ``ttl`` caps how
 long any value stays in the tier whatever happens.
 """
@@ -55,7 +56,7 @@ class LocalTier:
         max_entries: the most values kept; the least recently used go first.
         ttl: the longest a value stays in this tier, in seconds, whatever its TTL in Redis.
         heartbeat: seconds between PINGs on the invalidation subscription; a subscription that
-            stops answering is given up after two of them.
+            stops answering is given up within three of them.
 
     Raises:
         ConfigurationError: a value is out of range.

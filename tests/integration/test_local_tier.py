@@ -211,7 +211,9 @@ async def test_a_silent_server_is_noticed_by_the_heartbeat(
     finally:
         os.kill(server.process.pid, signal.SIGCONT)
     print(f"silent server noticed after {noticed * 1e3:.0f} ms")
-    assert noticed < WINDOW + HEARTBEAT  # the check runs on the heartbeat after the second
+    # Given up once the last answer is two heartbeats old, checked every heartbeat: within
+    # three heartbeats of the pause, plus the scheduling of a loaded machine.
+    assert noticed < 3.5 * HEARTBEAT
     await until(lambda: live(cache))
     assert await cache.get("k") == "v1"
 

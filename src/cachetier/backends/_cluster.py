@@ -14,6 +14,8 @@ operation on several keys is split here, never left to fail:
 - scripts (lock release, guarded writes, tag indexes, counters with a ttl) touch one key each.
 - `tag_invalidate`: the index lives in one slot and its members anywhere, so it reads a batch
   of members, UNLINKs them by slot, then removes them from the index.
+- `invalidations` (for a `LocalTier`): each primary reports changes of its own keys only, so
+  it follows one tracking connection per primary.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any, ClassVar, Final, cast, final
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, ResponseError
@@ -39,7 +42,9 @@ from ._protocol import Notifications
 from ._redis_common import SingleKeyCommands, Subscription
 from ._redis_common import px as _px
 from ._scripts import RELEASE_LOCK, SET_IF, TAG_ADD
-from .redis import _decode_keys, _milliseconds
+from ._tracking import TrackingChannel, follow
+from ._tracking import decode_keys as _decode_keys
+from .redis import _milliseconds
 
 __all__ = ("RedisClusterBackend",)
 
@@ -52,8 +57,9 @@ _MEBIBYTE: Final = 1024 * 1024
 
 _CLUSTER_PORT: Final = 6379
 
-# The connection options of the cluster's nodes that the plain client of one node (the one
-# lock wake-ups are published and subscribed on) takes as well.
+# The connection options of the cluster's nodes that a plain connection to one node takes as
+# well: credentials, timeouts and keepalive (TLS options, ``ssl_*``, are added to them). Used by
+# the client that lock wake-ups are published and subscribed on, and by tracking connections.
 _NODE_CLIENT_OPTIONS: Final = frozenset(
     {
         "username",
@@ -107,9 +113,10 @@ class RedisClusterBackend(SingleKeyCommands):
     client must return ``bytes``.
 
     It offers what `RedisBackend` offers (locks and wake-ups, guarded writes and tags, server
-    facts), with every multi-key operation split by hash slot (see the module docstring).
-    Lock wake-ups are published to, and received from, one primary through a plain client of
-    this backend's own; the cluster forwards every PUBLISH to every node.
+    facts, and the change reports a `LocalTier` needs), with every multi-key operation split by
+    hash slot (see the module docstring). Lock wake-ups are published to, and received from,
+    one primary through a plain client of this backend's own; the cluster forwards every
+    PUBLISH to every node.
     """
 
     failures: ClassVar[tuple[type[BaseException], ...]] = _CLUSTER_FAILURES
@@ -416,20 +423,28 @@ class RedisClusterBackend(SingleKeyCommands):
         # Checked after the await, so concurrent first uses make one client.
         if self._node_client is None:
             node = self._client.get_default_node()
-            options = self._client.get_connection_kwargs()
+            connection_class, options = self._node_options(node)
             pool = ConnectionPool(
-                connection_class=options.get("connection_class") or node.connection_class,
+                connection_class=connection_class,
                 max_connections=node.max_connections,
-                host=node.host,
-                port=node.port,
-                **{
-                    name: value
-                    for name, value in options.items()
-                    if name in _NODE_CLIENT_OPTIONS or name.startswith("ssl_")
-                },
+                **options,
             )
             self._node_client = Redis.from_pool(pool)
         return self._node_client
+
+    def _node_options(self, node: ClusterNode) -> tuple[type[Connection], dict[str, Any]]:
+        """Returns the class and options of a plain connection to ``node``, as the cluster's own."""
+        options = self._client.get_connection_kwargs()
+        connection_class: type[Connection] = (
+            options.get("connection_class") or node.connection_class
+        )
+        plain = {
+            name: value
+            for name, value in options.items()
+            if name in _NODE_CLIENT_OPTIONS or name.startswith("ssl_")
+        }
+        plain.update(host=node.host, port=node.port)
+        return connection_class, plain
 
     async def _drop_node_client(self) -> None:
         node_client, self._node_client = self._node_client, None
@@ -508,6 +523,61 @@ class RedisClusterBackend(SingleKeyCommands):
         except _CLUSTER_FAILURES as exc:
             raise self._failure("tag_invalidate", exc) from exc
         return existed
+
+    # -- invalidation messages for a local tier (TrackingBackend) ------------------------------
+
+    async def invalidations(
+        self, prefix: str, *, heartbeat: float
+    ) -> AsyncIterator[list[str] | None]:
+        """Follows changes under ``prefix`` with ``CLIENT TRACKING ... BCAST`` on every primary.
+
+        A primary reports changes of its own keys only, so each one gets a connection of its
+        own, as `RedisBackend.invalidations` opens to its one server: RESP2, no read timeout,
+        tracking redirected to itself and a subscription to ``__redis__:invalidate``. ``[]`` is
+        yielded once every primary's connection is subscribed, then each batch of keys any
+        primary reports (``None`` when one was flushed). Each connection is sent a PING every
+        ``heartbeat`` seconds and closed when two go unanswered; opening one must be answered
+        within two heartbeats after the connect timeout. When any connection fails, all are
+        closed and `BackendError` is raised.
+
+        Changes of topology are not followed: the primaries are those the cluster client
+        knows when this starts. Slots moving between them are safe, as MIGRATE reports a key
+        it moves on both sides. A primary that fails closes or silences its connection, so
+        this raises; the next call opens connections to the primaries the client knows then,
+        which it learns again only after one of its own commands failed on a node (the
+        bypassed tier's reads do that), and fails until then. So a primary shut down after
+        its slots moved away keeps the tier bypassed until the client looks again. A primary
+        added is not followed until the subscription is opened again for another reason:
+        changes of keys in slots moved to it go unreported, and a local tier may serve their
+        old values for up to its ``ttl``.
+        """
+        try:
+            await self._client.initialize()
+            channels = [
+                TrackingChannel(self._tracking_connection(node), _CLUSTER_FAILURES)
+                for node in self._client.get_primaries()
+            ]
+        except _CLUSTER_FAILURES as exc:
+            raise self._failure("CLIENT TRACKING", exc) from exc
+        connect = self._client.get_connection_kwargs().get("socket_connect_timeout")
+        async for keys in follow(
+            channels,
+            prefix,
+            heartbeat,
+            connect_timeout=connect if isinstance(connect, (int, float)) else None,
+            failure=self._failure,
+            failures=_CLUSTER_FAILURES,
+        ):
+            yield keys
+
+    def _tracking_connection(self, node: ClusterNode) -> Connection:
+        """Returns a new, unopened connection to ``node`` for `invalidations`."""
+        connection_class, options = self._node_options(node)
+        # RESP2, so that invalidations arrive as pub/sub messages whatever protocol the cluster
+        # client speaks. No read timeout: the channel idles between changes, and the PINGs
+        # watch over it instead.
+        options.update(protocol=2, health_check_interval=0, socket_timeout=None)
+        return connection_class(**options)
 
     # -- errors --------------------------------------------------------------------------------
 

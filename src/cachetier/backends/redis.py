@@ -28,6 +28,8 @@ from ._protocol import Notifications
 from ._redis_common import SingleKeyCommands, Subscription
 from ._redis_common import px as _px
 from ._scripts import RELEASE_LOCK, SET_IF, TAG_ADD, TAG_INVALIDATE
+from ._tracking import TrackingChannel, follow
+from ._tracking import decode_keys as _decode_keys
 
 if TYPE_CHECKING:
     from ._cluster import RedisClusterBackend
@@ -457,61 +459,27 @@ class RedisBackend(SingleKeyCommands):
     async def invalidations(
         self, prefix: str, *, heartbeat: float
     ) -> AsyncIterator[list[str] | None]:
-        """Follows changes under ``prefix`` with ``CLIENT TRACKING ... BCAST`` on a connection of its own.
+        """Follows changes under ``prefix`` with ``CLIENT TRACKING ... BCAST`` (see `_tracking`).
 
-        The connection speaks RESP2 and redirects tracking to itself, so invalidations arrive
-        as ``__redis__:invalidate`` pub/sub messages whatever protocol the pool uses. A PING is
-        sent every ``heartbeat`` seconds; two unanswered ones close the connection.
+        The connection is one of its own: RESP2, tracking redirected to itself, so
+        invalidations arrive as ``__redis__:invalidate`` messages whatever protocol the pool
+        speaks. A PING goes out every ``heartbeat`` seconds; two unanswered close it.
         """
         pool = self._client.connection_pool
         options = dict(pool.connection_kwargs)
         # No read timeout: the subscription idles between changes; the PINGs watch over it.
         options.update(protocol=2, health_check_interval=0, socket_timeout=None)
-        connection = pool.connection_class(**options)
-        loop = asyncio.get_running_loop()
-        answered = loop.time()
-        pinger: asyncio.Task[None] | None = None
-
-        async def ping() -> None:
-            while True:
-                await asyncio.sleep(heartbeat)
-                if loop.time() - answered > 2 * heartbeat:
-                    await connection.disconnect()  # the reader below fails and says so
-                    return
-                await connection.send_command("PING")
-
-        try:
-            try:
-                await connection.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
-                await connection.send_command("CLIENT", "ID")
-                client_id = await connection.read_response()
-                await connection.send_command(
-                    "CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", "PREFIX", prefix
-                )
-                await connection.read_response()
-                await connection.send_command("SUBSCRIBE", "__redis__:invalidate")
-                await connection.read_response()
-            except _FAILURES as exc:
-                raise self._failure("CLIENT TRACKING", exc) from exc
-            yield []
-            pinger = asyncio.ensure_future(ping())
-            while True:
-                try:
-                    message = await connection.read_response()
-                except _FAILURES as exc:
-                    raise self._failure("invalidation channel", exc) from exc
-                answered = loop.time()
-                if not isinstance(message, list) or len(message) < 2:
-                    continue
-                if message[0] == b"message" and len(message) == 3:
-                    keys = message[2]
-                    # A null list: the server flushed, or dropped tracking state.
-                    yield None if keys is None else _decode_keys(keys)
-        finally:
-            if pinger is not None:
-                pinger.cancel()
-            with contextlib.suppress(*_FAILURES):
-                await connection.disconnect()
+        channel = TrackingChannel(pool.connection_class(**options), _FAILURES)
+        connect = options.get("socket_connect_timeout")
+        async for keys in follow(
+            [channel],
+            prefix,
+            heartbeat,
+            connect_timeout=connect if isinstance(connect, (int, float)) else None,
+            failure=self._failure,
+            failures=_FAILURES,
+        ):
+            yield keys
 
     async def publish(self, channel: str) -> None:
         """Sends an empty message on ``channel`` (PUBLISH), waking its subscribers."""
@@ -589,20 +557,6 @@ def _describe_os_error(exc: OSError) -> str:
     if exc.strerror:
         return exc.strerror[0].lower() + exc.strerror[1:]
     return type(exc).__name__
-
-
-def _decode_keys(raw_keys: list[bytes]) -> list[str]:
-    try:
-        return [raw.decode() for raw in raw_keys]
-    except UnicodeDecodeError:
-        return [key for key in map(_decode_or_none, raw_keys) if key is not None]
-
-
-def _decode_or_none(raw: bytes) -> str | None:
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        return None
 
 
 def _milliseconds(seconds: object) -> str | None:
