@@ -318,3 +318,18 @@ async def test_wrong_password_is_reported_without_it(cluster: RedisClusterServer
         await backend.aclose()
     assert PASSWORD not in str(info.value)
     assert PASSWORD not in repr(info.value)
+
+
+async def test_counters_with_a_ttl_stay_exact_past_two_to_the_53(
+    cluster: RedisClusterServers,
+) -> None:
+    """The TTL-setting increment runs as a script, where Lua numbers are doubles."""
+    backend = RedisBackend.from_url(cluster.url, connect_timeout=2.0, command_timeout=2.0)
+    try:
+        await backend.set("big-counter", b"9007199254740992")
+        assert await backend.incr("big-counter", 1, ttl=60) == 9007199254740993
+        assert await backend.incr("new-counter", 2**62, ttl=60) == 2**62
+        assert await backend.get("big-counter") == b"9007199254740993"
+    finally:
+        await backend.delete("big-counter", "new-counter")
+        await backend.aclose()

@@ -78,10 +78,13 @@ _NODE_CLIENT_OPTIONS: Final = frozenset(
 # atomically with its first increment, and an existing key keeps its expiry. One key, so it
 # runs in a cluster (where RedisBackend's MULTI/EXEC would need redis-py's cluster
 # transactions). An INCRBY error aborts the script after a SET NX that changed nothing, since
-# the key existed. KEYS[1]: the counter; ARGV[1]: the amount; ARGV[2]: PX milliseconds.
+# the key existed. The result is read back with GET, as text: Lua holds INCRBY's integer reply
+# as a double, which rounds counters past 2**53. KEYS[1]: the counter; ARGV[1]: the amount;
+# ARGV[2]: PX milliseconds.
 _INCR_WITH_TTL: Final = """
 redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[2])
-return redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('INCRBY', KEYS[1], ARGV[1])
+return redis.call('GET', KEYS[1])
 """
 
 # Removes members from a tag index only if their score is still the one read before their
