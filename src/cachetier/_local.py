@@ -23,7 +23,6 @@ long any value stays in the tier whatever happens.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from collections import OrderedDict
 from collections.abc import Callable
@@ -87,7 +86,6 @@ class LocalState:
 
     __slots__ = (
         "backend",
-        "dropped",
         "engine",
         "entries",
         "live",
@@ -107,7 +105,6 @@ class LocalState:
         self.live = False
         # Counts invalidations; a read that saw it change does not keep its value.
         self.seq = 0
-        self.dropped = 0
         self.task: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -188,7 +185,7 @@ class LocalState:
                 await asyncio.sleep(retry)
                 retry = min(retry * 2, _RETRY_MAX)
         finally:
+            # Cancelled (`Cache.aclose`, or a swapped backend): nothing is trusted any more.
             self.live = False
             self.clear()
-            with contextlib.suppress(Exception):
-                LOGGER.debug("local tier of %s stopped", prefix)
+            LOGGER.debug("local tier of %s stopped", prefix)
