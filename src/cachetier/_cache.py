@@ -34,7 +34,7 @@ from ._log import LOGGER
 from ._policy import PolicyOptions, build_policies
 from ._stats import CacheStats, ReadHook
 from ._ttl import TTL, TTLLike, to_seconds
-from ._types import Clock, Outcome
+from ._types import MISSING, Clock, Outcome
 from .backends._protocol import Backend, GuardedBackend
 from .serializers import JsonSerializer, Serializer
 
@@ -570,7 +570,9 @@ class Cache:
             freshness,
             tags=(lambda _args, _kwargs: tag_names) if tag_names else None,
         )
-        value = await self._engine.through(full, fetch_fn, (), {}, spec)
+        value = self._engine.local_get(full, spec.codec, None)
+        if value is MISSING:
+            value = await self._engine.through(full, fetch_fn, (), {}, spec)
         return cast("T", value)  # deserialization boundary: the entry was written from a T
 
     @overload
@@ -766,7 +768,7 @@ class Cache:
             engine.backend_failed("bump_version", exc, always_raise=True)
             raise  # pragma: no cover - backend_failed raised already
         engine.succeeded()
-        engine.learn_generation(str(generation).encode())
+        engine.adopt_generation(generation)
         engine.forget_all()
         LOGGER.info(
             "cache %s:%s bumped to generation %d",

@@ -28,7 +28,7 @@ from ._keys import _ADDRESS, KeyBuilder, encode_argument, escape_part, function_
 from ._log import LOGGER
 from ._policy import FreshnessPolicy, StampedePolicy
 from ._stats import CacheStats, StatsRecorder
-from ._types import Outcome
+from ._types import MISSING, Outcome
 from .serializers import PickleSerializer, Serializer
 from .serializers._typed import TypedSerializer
 
@@ -357,25 +357,13 @@ class CachedFunction(Generic[P, R]):
         if self._bound is not _UNBOUND:
             args = (self._bound, *args)  # type: ignore[assignment]  # P of the bound method excludes self
         engine = self._engine
-        local = engine.local
-        if local is not None and local.live:
-            # The local tier's hit, inlined: no coroutine of the engine's, one dict lookup.
+        if engine.local is not None:
+            # A local hit costs no coroutine of the engine's: one dict lookup.
             full = self._plan.stored(args, kwargs)
-            found = local.entries.get(full)
             spec = self._spec or self._make_spec()
-            if (
-                found is not None
-                and found[0] is spec.codec
-                and engine.clock() < found[2]
-                and not engine.bypassing.get()
-            ):
-                local.entries.move_to_end(full)
-                engine.stats.hits += 1
-                self._stats.hits += 1
-                if engine.hooks:
-                    engine.count_local_hit(full, self._stats)
-                return cast("R", found[1])
-            value = await engine.through(full, self._func, args, kwargs, spec)
+            value = engine.local_get(full, spec.codec, self._stats)
+            if value is MISSING:
+                value = await engine.through(full, self._func, args, kwargs, spec)
             return cast("R", value)
         breaker = engine.breaker
         if breaker.open_until and not engine.strict and breaker.blocked():

@@ -174,11 +174,9 @@ class Engine:
         self.failures = RateLimitedLog()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.set_backend(backend)
-        # The namespace generation (`Cache.bump_version`) as last read, and when a read next
-        # fetches it along with its entry (at once: the first read learns it).
-        self.generation = 0
-        self.generation_bytes = _GENERATION.pack(0)
-        self.generation_due = -math.inf
+        # The namespace generation (`Cache.bump_version`) as last read; `set_backend` made the
+        # next read fetch it along with its entry.
+        self.adopt_generation(0)
         self.generation_interval = generation_interval
         self.breaker = breaker
         self.signer = signer
@@ -249,9 +247,36 @@ class Engine:
         if _debug_enabled(logging.DEBUG):
             LOGGER.debug("cache %s: %s", outcome.value, full)
 
-    def count_local_hit(self, full: str, function_stats: StatsRecorder | None) -> None:
-        """Tells the read hooks of a hit served by the local tier (already counted)."""
-        self._notify(ReadEvent(full, Outcome.HIT, function_stats and function_stats.name))
+    def local_get(self, full: str, codec: object, function_stats: StatsRecorder | None) -> Any:
+        """Returns the local tier's value of ``full`` as ``codec`` decoded it, counted as a hit,
+        or `MISSING` (no tier, not live yet, bypassed, absent, another codec's or expired).
+
+        Callers ask this before the read-through, which then only reads Redis: a decorated
+        call inlines no coroutine for a local hit.
+        """
+        local = self.local
+        if local is None:
+            return MISSING
+        if not local.live:
+            local.start()
+            return MISSING
+        found = local.entries.get(full)
+        if (
+            found is None
+            or found[0] is not codec
+            or not self.clock() < found[2]
+            or self.bypassing.get()
+        ):
+            return MISSING
+        found[3] = True
+        self.stats.hits += 1
+        if function_stats is not None:
+            function_stats.hits += 1
+        if self.hooks:
+            self._notify(ReadEvent(full, Outcome.HIT, function_stats and function_stats.name))
+        if _debug_enabled(logging.DEBUG):
+            LOGGER.debug("cache hit (local): %s", full)
+        return found[1]
 
     def _notify(self, event: ReadEvent) -> None:
         for hook in self.hooks:
@@ -546,14 +571,9 @@ class Engine:
         local = self.local
         seq = 0
         if local is not None:
-            if local.live:
-                found = local.entries.get(full)
-                if found is not None and found[0] is self.serializer and self.clock() < found[2]:
-                    local.entries.move_to_end(full)
-                    self.count(Outcome.HIT, full)
-                    return Outcome.HIT, found[1]
-            else:
-                local.start()
+            value = self.local_get(full, self.serializer, None)
+            if value is not MISSING:
+                return Outcome.HIT, value
             seq = local.seq
         started = perf_counter_ns() if self.timing else 0
         try:
@@ -629,9 +649,11 @@ class Engine:
 
     def learn_generation(self, raw: bytes | None) -> None:
         """Adopts the generation counter as read from the backend (absent: 0)."""
-        generation = 0
-        if raw is not None and _COUNTER.fullmatch(raw):
-            generation = int(raw) & 0xFFFFFFFF
+        self.adopt_generation(int(raw) if raw is not None and _COUNTER.fullmatch(raw) else 0)
+
+    def adopt_generation(self, generation: int) -> None:
+        """Makes ``generation`` the one entries are checked against and written with."""
+        generation &= 0xFFFFFFFF
         self.generation = generation
         self.generation_bytes = _GENERATION.pack(generation)
 
@@ -646,8 +668,7 @@ class Engine:
         generation = _GENERATION.unpack_from(data, _GENERATION_OFFSET)[0]
         if generation < self.generation:
             return False
-        self.generation = generation
-        self.generation_bytes = _GENERATION.pack(generation)
+        self.adopt_generation(generation)
         return True
 
     async def peek(self, full: str, codec: Serializer) -> Any:
@@ -699,24 +720,9 @@ class Engine:
             self.count(Outcome.BACKEND_ERROR, full, function_stats)
             result = func(*args, **kwargs)
             return (await result) if inspect.isawaitable(result) else result
+        # The local tier was asked first (`local_get`); this read may keep what it finds there.
         local = self.local
-        seq = 0
-        if local is not None:
-            if local.live:
-                found = local.entries.get(full)
-                if found is not None and found[0] is spec.codec and self.clock() < found[2]:
-                    local.entries.move_to_end(full)
-                    self.stats.hits += 1
-                    if function_stats is not None:
-                        function_stats.hits += 1
-                    if self.hooks:
-                        self._notify(
-                            ReadEvent(full, Outcome.HIT, function_stats and function_stats.name)
-                        )
-                    return found[1]
-            else:
-                local.start()
-            seq = local.seq
+        seq = 0 if local is None else local.seq
         read_failed = False
         # Latency is measured for backends that do I/O; an in-process one would only pay for it.
         started = perf_counter_ns() if self.timing else 0

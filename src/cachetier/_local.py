@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -99,8 +98,11 @@ class LocalState:
         self.engine = engine
         self.backend = backend
         self.settings = settings
-        # Stored key -> (the codec that decoded it, the value, clock reading it expires at).
-        self.entries: OrderedDict[str, tuple[object, Any, float]] = OrderedDict()
+        # Stored key -> [the codec that decoded it, the value, clock reading it expires at,
+        # whether a hit used it since it was last passed over for eviction]. Eviction is
+        # second-chance (CLOCK), close to LRU: a hit sets a flag instead of reordering a dict,
+        # which is the most a hit should cost.
+        self.entries: dict[str, list[Any]] = {}
         # True while a subscription is confirmed: only then are values served or kept.
         self.live = False
         # Counts invalidations; a read that saw it change does not keep its value.
@@ -122,10 +124,14 @@ class LocalState:
         if not self.live or seq != self.seq:
             return
         entries = self.entries
-        entries[full] = (codec, value, expires_at)
-        entries.move_to_end(full)
-        if len(entries) > self.settings.max_entries:
-            entries.popitem(last=False)
+        entries.pop(full, None)  # a new value goes to the back, as a new key does
+        entries[full] = [codec, value, expires_at, False]
+        while len(entries) > self.settings.max_entries:
+            oldest = next(iter(entries))
+            entry = entries.pop(oldest)
+            if entry[3]:
+                entry[3] = False
+                entries[oldest] = entry  # used since last time: another round at the back
 
     def drop(self, keys: list[str] | tuple[str, ...]) -> None:
         """Forgets ``keys`` (changed here or elsewhere)."""

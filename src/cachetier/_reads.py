@@ -127,10 +127,9 @@ class SharedReads:
             return
         finally:
             self.in_flight -= 1
+        # `load_many` told the breaker the backend answered.
         for key, data in zip(keys, values, strict=True):
             self._answer(reads.pop(key, None), data, None)
-        if self._engine.breaker.failures or self._engine.breaker.open_until:
-            self._engine.breaker.succeeded()
 
     @staticmethod
     def _answer(waiters: object, data: bytes | None, exc: BaseException | None) -> None:

@@ -236,3 +236,16 @@ async def test_a_backend_that_cannot_report_changes_runs_without_the_tier(
     assert await cache.get("k") == 1
     assert cache._engine.local is None
     assert any("local tier off" in record.getMessage() for record in caplog.records)
+
+
+async def test_get_or_set_is_served_locally_and_hooks_see_local_hits(cache: Cache) -> None:
+    events: list[str] = []
+    cache.add_hook(lambda event: events.append(event.outcome.value))
+    assert await cache.get_or_set("g", lambda: "v") == "v"
+    await until(lambda: live(cache))
+    assert await cache.get_or_set("g", lambda: "other") == "v"  # from Redis, now kept
+    calls, hits = cache.stats.backend_calls, cache.stats.hits
+    assert [await cache.get_or_set("g", lambda: "other") for _ in range(3)] == ["v"] * 3
+    assert cache.stats.backend_calls == calls
+    assert cache.stats.hits == hits + 3
+    assert events[-3:] == ["hit"] * 3
