@@ -444,7 +444,9 @@ class Engine:
         return True
 
     async def record_tags(self, full: str, tags: tuple[str, ...], seconds: float | None) -> bool:
-        """Records ``full`` under ``tags`` for a plain write; returns ``False`` when it could not."""
+        """Records ``full`` under ``tags`` for ``seconds``; returns ``False`` when it could not,
+        and the value must then not be cached: an entry that `Cache.invalidate_tags` cannot
+        reach would be served stale."""
         if not self.guarded:
             self.failures.warning(
                 "tags",
@@ -478,29 +480,17 @@ class Engine:
         when the result must not be stored: another computation holds the key, tags cannot be
         recorded, or the backend failed.
         """
+        # Tags first, before the computation reads anything, so an invalidation of a tag from
+        # now on finds this key (its lease, or the entry being refreshed) and removes it.
+        ttl = spec.ttl
+        if tags and not await self.record_tags(
+            full, tags, None if ttl is None else ttl + spec.freshness.keep_after_ttl + LEASE_TTL
+        ):
+            return None
         if not self.guarded:
-            if tags:
-                self.failures.warning(
-                    "tags",
-                    "not caching %s: its backend %s keeps no tag indexes, and a tagged entry "
-                    "that invalidate_tags cannot reach would be served stale",
-                    full,
-                    self.backend.kind,
-                )
-                return None
             return _UNGUARDED
-        backend = cast("GuardedBackend", self.backend)
         try:
             self.gate("SET NX (lease)")
-            if tags:
-                # Before the computation reads anything, so an invalidation of a tag from now on
-                # finds this key (its lease, or the entry being refreshed) and removes it.
-                ttl = spec.ttl
-                await backend.tag_add(
-                    self.tag_keys(tags),
-                    full,
-                    None if ttl is None else ttl + spec.freshness.keep_after_ttl + LEASE_TTL,
-                )
             if seen is not None and not _is_lease(seen):
                 self.succeeded()
                 return seen[:GUARD_SIZE]

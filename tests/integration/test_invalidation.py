@@ -440,3 +440,24 @@ async def test_control_without_guarded_writes_the_race_serves_the_old_row() -> N
     read = lambda: cache.get_or_set("task:1", row.read)  # noqa: E731
     assert await race(read, row, lambda: cache.delete("task:1")) == "old"
     assert await read() == "old"  # the race these tests guard against
+
+
+async def test_without_tag_indexes_tagged_values_are_computed_but_never_cached(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An entry invalidate_tags could not reach would be served stale: better not to keep it."""
+    cache = Cache(Unguarded(MemoryBackend()), default_ttl=60)  # type: ignore[arg-type]
+    runs = 0
+
+    def fetch() -> int:
+        nonlocal runs
+        runs += 1
+        return runs
+
+    assert await cache.get_or_set("k", fetch, tags=["t"]) == 1
+    assert await cache.get_or_set("k", fetch, tags=["t"]) == 2
+    assert await cache.set("s", 1, tags=["t"]) is False
+    assert await cache.get("s") is None
+    assert await cache.get_or_set("plain", fetch) == 3  # untagged values are cached as ever
+    assert await cache.get_or_set("plain", fetch) == 3
+    assert "keeps no tag indexes" in caplog.text
