@@ -47,36 +47,35 @@ _SELF_NAMES: Final = frozenset({"self", "cls"})
 _UNBOUND: Final = object()
 
 
-class _EscapingFormatter(string.Formatter):
-    """Formats ``key=`` templates, escaping each substituted value as a key part."""
+class _TemplateFormatter(string.Formatter):
+    """Formats ``tags=`` templates over a call's arguments, refusing address-bearing text.
+
+    A tag is escaped as a whole when its index key is built, so values stay as they are.
+    """
+
+    what = "tag"
 
     def format_field(self, value: Any, format_spec: str) -> str:
         text = format(value, format_spec)
         if _ADDRESS.search(text):
             raise TypeError(
-                f"cannot build a cache key from a {type(value).__qualname__} value: its text "
-                f"{text!r} holds a memory address, so every call would get a new key"
-            )
-        return escape_part(text)
-
-
-_FORMATTER: Final = _EscapingFormatter()
-
-
-class _TagFormatter(string.Formatter):
-    """Formats ``tags=`` templates; the tag is escaped as a whole when its index key is built."""
-
-    def format_field(self, value: Any, format_spec: str) -> str:
-        text = format(value, format_spec)
-        if _ADDRESS.search(text):
-            raise TypeError(
-                f"cannot build a cache tag from a {type(value).__qualname__} value: its text "
-                f"{text!r} holds a memory address"
+                f"cannot build a cache {self.what} from a {type(value).__qualname__} value: its "
+                f"text {text!r} holds a memory address, so every call would get a new one"
             )
         return text
 
 
-_TAG_FORMATTER: Final = _TagFormatter()
+class _EscapingFormatter(_TemplateFormatter):
+    """Formats ``key=`` templates, escaping each substituted value as a key part."""
+
+    what = "key"
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        return escape_part(super().format_field(value, format_spec))
+
+
+_FORMATTER: Final = _EscapingFormatter()
+_TAG_FORMATTER: Final = _TemplateFormatter()
 
 
 def _template_names(template: str) -> set[str]:

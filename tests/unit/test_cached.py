@@ -194,6 +194,24 @@ async def test_unkeyable_argument_raises_a_clear_type_error(cache: Cache) -> Non
         await load(Session())
 
 
+async def test_templates_refuse_values_whose_text_is_a_memory_address(cache: Cache) -> None:
+    class Session:
+        pass
+
+    @cache.cached(key="load:{session}")
+    async def by_key(session: Session) -> int:
+        return 1
+
+    @cache.cached(key="load:fixed", tags=["session:{session}"])
+    async def by_tag(session: Session) -> int:
+        return 1
+
+    with pytest.raises(TypeError, match=r"cache key from a \S*Session value"):
+        await by_key(Session())
+    with pytest.raises(TypeError, match=r"cache tag from a \S*Session value"):
+        await by_tag(Session())
+
+
 async def test_methods_bind_and_self_never_enters_the_key(cache: Cache) -> None:
     runs = Counter()
 
