@@ -12,15 +12,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, final
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, final
 
 from .._errors import BackendError
 
 if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection
 
-__all__ = ("TrackingChannel", "decode_keys", "follow")
+__all__ = ("TrackingChannel", "decode_keys", "follow", "tracking_options")
+
+# Options of redis-py 8's maintenance notifications, which a pool hands to the connections it
+# makes. Those need a RESP3 or hiredis parser; a RESP2 connection without hiredis refuses them
+# at construction, so the tracking connection (RESP2 on purpose) must not inherit them.
+_MAINTENANCE_OPTIONS: Final = (
+    "maint_notifications_config",
+    "maint_notifications_pool_handler",
+    "oss_cluster_maint_notifications_handler",
+)
+
+
+def tracking_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Returns a pool's connection options adapted for a tracking connection.
+
+    RESP2, so that invalidations arrive as pub/sub messages whatever protocol the pool speaks;
+    no read timeout, as the channel idles between changes and the PINGs watch over it instead;
+    no maintenance notifications, which RESP2 without hiredis cannot parse (redis-py 8).
+    """
+    adapted = {name: value for name, value in options.items() if name not in _MAINTENANCE_OPTIONS}
+    adapted.update(protocol=2, health_check_interval=0, socket_timeout=None)
+    return adapted
 
 
 def decode_keys(raw_keys: list[bytes]) -> list[str]:

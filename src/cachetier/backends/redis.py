@@ -28,7 +28,7 @@ from ._protocol import Notifications
 from ._redis_common import SingleKeyCommands, Subscription
 from ._redis_common import px as _px
 from ._scripts import RELEASE_LOCK, SET_IF, TAG_ADD, TAG_INVALIDATE
-from ._tracking import TrackingChannel, follow
+from ._tracking import TrackingChannel, follow, tracking_options
 from ._tracking import decode_keys as _decode_keys
 
 if TYPE_CHECKING:
@@ -466,9 +466,7 @@ class RedisBackend(SingleKeyCommands):
         speaks. A PING goes out every ``heartbeat`` seconds; two unanswered close it.
         """
         pool = self._client.connection_pool
-        options = dict(pool.connection_kwargs)
-        # No read timeout: the subscription idles between changes; the PINGs watch over it.
-        options.update(protocol=2, health_check_interval=0, socket_timeout=None)
+        options = tracking_options(pool.connection_kwargs)
         channel = TrackingChannel(pool.connection_class(**options), _FAILURES)
         connect = options.get("socket_connect_timeout")
         async for keys in follow(
