@@ -12,7 +12,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -23,7 +23,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core.core_schema import ErrorType
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from typing_extensions import Self, assert_never
 
@@ -63,8 +64,9 @@ class CacheSettings(BaseSettings):
 
     Keyword arguments take the field names (``CacheSettings(redis_url=..., backend="redis")``)
     and win over the environment. Plain construction raises pydantic's ``ValidationError`` on bad
-    input; `CacheSettings.load` raises `ConfigurationError` naming the environment variable, and
-    is what `Cache.from_settings` uses. Instances are immutable, and their ``repr`` shows
+    input, located at the environment variable (``CACHE_DEFAULT_TTL``, not ``default_ttl``) and
+    with secrets redacted; `CacheSettings.load` raises `ConfigurationError` naming the
+    environment variable, and is what `Cache.from_settings` uses. Instances are immutable, and their ``repr`` shows
     ``REDIS_URL`` with its password replaced by ``***``.
     """
 
@@ -207,8 +209,9 @@ class CacheSettings(BaseSettings):
         Raises:
             TypeError: A keyword names no setting (rather than being silently ignored, as
                 unknown keys in the environment and ``.env`` files are).
-            pydantic.ValidationError: A value is malformed; `load` turns this into a
-                `ConfigurationError` naming the variable.
+            pydantic.ValidationError: A value is malformed; each error's ``loc`` is the
+                environment variable, and secrets are redacted from its inputs. `load` turns
+                this into a `ConfigurationError` message.
         """
         unknown = _unknown_names(values)
         if unknown:
@@ -216,7 +219,17 @@ class CacheSettings(BaseSettings):
         # Environment names are mapped here rather than declared as aliases, because an alias
         # would also widen what is read from the environment (see the comment on the fields).
         known = _names_to_fields()
-        super().__init__(**{known.get(name.lower(), name): value for name, value in values.items()})
+        try:
+            super().__init__(
+                **{known.get(name.lower(), name): value for name, value in values.items()}
+            )
+        except ValidationError as exc:
+            renamed = _with_variable_names(exc)
+        else:
+            return
+        # Raised outside the except block so that the original error, which names fields and
+        # quotes REDIS_URL with its password, is not chained as __context__.
+        raise renamed
 
     @classmethod
     def load(cls, **overrides: Any) -> Self:
@@ -362,6 +375,11 @@ def _redis_url_problem(url: str) -> str | None:
     except ValueError:
         return "is not a valid URL"
     scheme = parts.scheme.lower()
+    from .backends._hosts import misplaced_at_problem  # no redis-py import: a plain parser
+
+    misplaced = misplaced_at_problem(url)
+    if misplaced is not None:
+        return misplaced
     if scheme in _MULTI_HOST_SCHEMES:
         return _multi_host_url_problem(scheme, url)
     if scheme not in _REDIS_SCHEMES:
@@ -442,6 +460,39 @@ def _env_name(field: str) -> str:
     if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
         return alias.choices[0]
     return f"{_ENV_PREFIX}{field.upper()}"
+
+
+_SECRET_FIELDS: Final = frozenset({"redis_url", "signing_key"})
+_PYDANTIC_ERROR_TYPES: Final = frozenset(get_args(ErrorType))
+
+
+def _with_variable_names(exc: ValidationError) -> ValidationError:
+    """Returns ``exc`` with each error located at its environment variable, secrets redacted."""
+    names = _names_to_fields()
+    rebuilt: list[InitErrorDetails] = []
+    for error in exc.errors(include_url=False):
+        loc = error["loc"]
+        field = names.get(str(loc[0]).lower()) if loc else None
+        value = error["input"]
+        if field in _SECRET_FIELDS:
+            # The URL keeps its host, which helps find the mistake; the signing key shows nothing.
+            if field == "redis_url" and isinstance(value, str):
+                value = redact_url(value)
+            elif value is not None:
+                value = "**********"
+        kind = error["type"]
+        context = error.get("ctx")
+        details: InitErrorDetails = {
+            "type": kind
+            if kind in _PYDANTIC_ERROR_TYPES
+            else PydanticCustomError(kind, error["msg"]),
+            "loc": (_env_name(field), *loc[1:]) if field is not None else loc,
+            "input": value,
+        }
+        if context is not None and kind in _PYDANTIC_ERROR_TYPES:
+            details["ctx"] = context
+        rebuilt.append(details)
+    return ValidationError.from_exception_data(exc.title, rebuilt)
 
 
 # Pydantic messages reworded as the end of "VARIABLE: ...", with the bound where there is one.

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ("HostsURL", "split_hosts")
+__all__ = ("HostsURL", "misplaced_at_problem", "split_hosts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,4 +76,25 @@ def split_hosts(url: str, *, base_scheme: str, default_port: int) -> HostsURL:
         path=path,
         query=question + query,
         authority=f"{base_scheme}://{userinfo}{at}{first}",
+    )
+
+
+def misplaced_at_problem(url: str) -> str | None:
+    """Returns why ``url`` is refused when an ``@`` follows the end of its authority, or ``None``.
+
+    A password holding an unencoded ``/``, ``?`` or ``#`` ends the authority early: the parser
+    then reads part of the password as the host or port, and redis-py's reason (and any
+    redaction that trusts the parse) quotes it. Every ``@`` after the authority is refused for
+    that reason; a literal ``@`` in a query value is written ``%40`` instead, which means the
+    same. The message never quotes the URL.
+    """
+    _, separator, rest = url.partition("://")
+    if not separator:
+        return None
+    end = min((index for index in map(rest.find, "/?#") if index >= 0), default=len(rest))
+    if "@" not in rest[end:]:
+        return None
+    return (
+        "an '@' follows the host: a password (or user name) holding '/', '?', '#' or '@' "
+        "must be percent-encoded, as urllib.parse.quote(password, safe='') does"
     )

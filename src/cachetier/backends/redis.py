@@ -24,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._errors import BackendError, ConfigurationError
 from .._redact import redact_url
+from ._hosts import misplaced_at_problem
 from ._protocol import Notifications
 from ._redis_common import SingleKeyCommands, Subscription
 from ._redis_common import px as _px
@@ -215,6 +216,10 @@ class RedisBackend(SingleKeyCommands):
             )
             if value is not None
         }
+        misplaced = misplaced_at_problem(url)
+        if misplaced is not None:
+            # Checked before anything quotes the URL: its parse would expose the password.
+            raise ConfigurationError(f"the Redis URL is invalid: {misplaced}")
         redacted = redact_url(url)
         scheme = url.partition("://")[0].lower()
         if tls and scheme not in ("rediss", "rediss+cluster"):
