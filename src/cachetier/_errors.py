@@ -5,7 +5,8 @@ The tree::
     CacheError
     ├── BackendError          a backend was unreachable, timed out or failed
     │   ├── CircuitOpenError  the call was not made: the circuit breaker is open
-    │   └── CounterError      incr found no 64-bit integer at the key, or would overflow (also ValueError)
+    │   ├── CounterError      incr found no 64-bit integer at the key, or would overflow (also ValueError)
+    │   └── ValueRejected     the store answered, but can never hold a value that large
     ├── SerializationError    a value could not be encoded, or stored bytes decoded  (also ValueError)
     ├── ConfigurationError    a setting or argument is invalid                        (also ValueError)
     └── LockTimeout           a distributed lock was not obtained in time            (also TimeoutError)
@@ -24,6 +25,7 @@ __all__ = (
     "CounterError",
     "LockTimeout",
     "SerializationError",
+    "ValueRejected",
 )
 
 
@@ -48,6 +50,16 @@ class CounterError(BackendError, ValueError):
 
     The backend answered: this is a caller's mistake, not an outage, so it never counts
     against the circuit breaker.
+    """
+
+
+class ValueRejected(BackendError):
+    """Raised by a write when the store can never hold the value, however much it evicts.
+
+    A `MemoryBackend` raises it for a value larger than its ``max_bytes`` on its own. Nothing
+    is stored under the key, and any older value there is removed, so a later read misses
+    rather than returning a value older than this write. The store answered: this is not an
+    outage, and it never counts against the circuit breaker.
     """
 
 

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cachetier import BackendError, ConfigurationError
+from cachetier._errors import ValueRejected
 from cachetier.backends.memory import MemoryBackend
 from cachetier.testing import FakeClock
 
@@ -394,16 +395,62 @@ async def test_value_larger_than_max_bytes_is_not_stored_and_removes_old_value()
     await backend.set("k", b"small")
     await backend.set("other", b"")
     assert backend.entry_count == 2
-    await backend.set("k", b"x" * (3 * size))
+    with pytest.raises(ValueRejected, match=r"'k' is larger than max_bytes"):
+        await backend.set("k", b"x" * (3 * size))
     assert await backend.get("k") is None
     assert await backend.get("other") == b""
     assert backend.used_bytes == await entry_size("other", b"")
+
+
+async def test_set_many_stores_what_fits_and_raises_for_values_larger_than_max_bytes() -> None:
+    backend = MemoryBackend(max_entries=None, max_bytes=1_000)
+    await backend.set("big", b"old")
+    with pytest.raises(ValueRejected, match="'big'"):
+        await backend.set_many({"small": b"s", "big": b"x" * 1_000})
+    assert await backend.get_many(["small", "big"]) == [b"s", None]
+
+
+async def test_set_if_of_value_larger_than_max_bytes_raises_rather_than_returning_false() -> None:
+    """``False`` from set_if means an invalidation won; a rejected value is another outcome."""
+    backend = MemoryBackend(max_entries=None, max_bytes=1_000)
+    await backend.set("k", b"lease")
+    with pytest.raises(ValueRejected):
+        await backend.set_if("k", b"lease", b"x" * 1_000, None)
+    assert await backend.get("k") is None
 
 
 async def test_add_of_value_larger_than_max_bytes_returns_false() -> None:
     backend = MemoryBackend(max_entries=None, max_bytes=1_000)
     assert not await backend.add("k", b"x" * 1_000)
     assert backend.entry_count == 0
+
+
+# --- tag stamps -----------------------------------------------------------------------------
+
+
+async def test_tag_stamps_are_entries_bounded_by_max_entries() -> None:
+    """Per-entity tags cannot outgrow the store, as the tag indexes once did."""
+    backend = MemoryBackend(max_entries=100, max_bytes=None)
+    for index in range(10_000):
+        await backend.tag_stamps([f"tag:{index}"], b"stamp", 60)
+    assert backend.entry_count == 100
+
+
+async def test_tag_stamps_make_a_tag_recently_used() -> None:
+    backend = MemoryBackend(max_entries=3, max_bytes=None)
+    assert await backend.tag_stamps(["tag"], b"stamp", 60) == [b"stamp"]
+    await backend.set("a", b"1")
+    await backend.set("b", b"2")
+    await backend.tag_stamps(["tag"], b"other", 60)
+    await backend.set("c", b"3")
+    assert await backend.get_many(["tag", "a", "b", "c"]) == [b"stamp", None, b"2", b"3"]
+
+
+async def test_tag_bump_of_a_stamp_larger_than_max_bytes_still_invalidates() -> None:
+    backend = MemoryBackend(max_entries=None, max_bytes=1_000)
+    await backend.tag_stamps(["tag"], b"old", 60)
+    assert await backend.tag_bump(["tag"], b"x" * 1_000, 60) == 1
+    assert await backend.tag_stamps(["tag"], b"new", 60) == [b"new"]
 
 
 # --- incr -----------------------------------------------------------------------------------

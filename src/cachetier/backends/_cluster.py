@@ -11,7 +11,8 @@ operation on several keys is split here, never left to fail:
   node: one round trip per primary.
 - `delete`: one UNLINK per slot, pipelined per node.
 - `scan`: SCAN on every primary in turn, each to its own cursor's end.
-- scripts (lock release, guarded writes, tag indexes, counters with a ttl) touch one key each.
+- scripts (lock release, guarded writes, tag indexes, counters with a ttl) touch one key each;
+  tag stamps run one script per slot, the slots concurrently.
 - `tag_invalidate`: the index lives in one slot and its members anywhere, so it reads a batch
   of members, UNLINKs them by slot, then removes them from the index.
 - `invalidations` (for a `LocalTier`): each primary reports changes of its own keys only, so
@@ -41,7 +42,7 @@ from ._hosts import split_hosts
 from ._protocol import Notifications
 from ._redis_common import SingleKeyCommands, Subscription
 from ._redis_common import px as _px
-from ._scripts import RELEASE_LOCK, SET_IF, TAG_ADD
+from ._scripts import RELEASE_LOCK, SET_IF, TAG_ADD, TAG_BUMP, TAG_STAMPS
 from ._tracking import TrackingChannel, follow
 from ._tracking import decode_keys as _decode_keys
 from .redis import _milliseconds
@@ -138,6 +139,8 @@ class RedisClusterBackend(SingleKeyCommands):
         "_scripts_loaded",
         "_set_if",
         "_tag_add",
+        "_tag_bump",
+        "_tag_stamps",
         "_zrem_unchanged",
     )
 
@@ -165,6 +168,8 @@ class RedisClusterBackend(SingleKeyCommands):
         self._tag_add = client.register_script(TAG_ADD)
         self._incr_with_ttl = client.register_script(_INCR_WITH_TTL)
         self._zrem_unchanged = client.register_script(_ZREM_UNCHANGED)
+        self._tag_stamps = client.register_script(TAG_STAMPS)
+        self._tag_bump = client.register_script(TAG_BUMP)
         # A plain client of one primary, for PUBLISH and SUBSCRIBE; made on first use.
         self._node_client: Redis | None = None
         self._scripts_loaded = False
@@ -465,11 +470,26 @@ class RedisClusterBackend(SingleKeyCommands):
         """
         if self._scripts_loaded:
             return
-        for script in (RELEASE_LOCK, SET_IF, TAG_ADD, _INCR_WITH_TTL, _ZREM_UNCHANGED):
+        for script in (
+            RELEASE_LOCK,
+            SET_IF,
+            TAG_ADD,
+            TAG_STAMPS,
+            TAG_BUMP,
+            _INCR_WITH_TTL,
+            _ZREM_UNCHANGED,
+        ):
             await self._client.script_load(script)
         self._scripts_loaded = True
 
     # -- guarded writes and tags (GuardedBackend) ------------------------------------------------
+
+    def _key_groups(self, keys: Sequence[str]) -> list[list[int]]:
+        """Groups the positions in ``keys`` by hash slot: a script may touch one slot only."""
+        groups: dict[int, list[int]] = {}
+        for position, key in enumerate(keys):
+            groups.setdefault(self._client.keyslot(key), []).append(position)
+        return list(groups.values())
 
     async def tag_add(self, tags: Sequence[str], member: str, ttl: float | None) -> None:
         """Records ``member`` in the sorted set at each of ``tags``: one script call per tag.

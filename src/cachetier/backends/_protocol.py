@@ -145,8 +145,10 @@ class GuardedBackend(Protocol):
 
     `Cache` holds the key of a value being computed with a lease (`Backend.add`) and stores the
     result with `set_if` on that lease, so an invalidation that removed the lease meanwhile
-    wins. Tags are kept as indexes of member keys that `tag_invalidate` removes. Without this
-    protocol a backend still caches, but tags are refused and invalidation is not race-safe.
+    wins. Tags are versioned: `tag_stamps` reads (or creates) the stamp of each tag and
+    `tag_bump` replaces it. (`tag_add` and `tag_invalidate` keep the older index sets until the
+    cache no longer calls them.) Without this protocol a backend still caches, but tags are
+    refused and invalidation is not race-safe.
     """
 
     async def set_if(self, key: str, expected: bytes, value: bytes, ttl: float | None) -> bool:
@@ -158,6 +160,28 @@ class GuardedBackend(Protocol):
 
     async def delete_if(self, key: str, expected: bytes) -> bool:
         """Removes ``key`` only if its value is exactly ``expected``; returns whether it did."""
+        ...
+
+    async def tag_stamps(self, keys: Sequence[str], fresh: bytes, ttl: float | None) -> list[bytes]:
+        """Returns the stamp at each of ``keys``, in order; a key that holds none is given ``fresh``.
+
+        A tag is one key holding a short random stamp. An entry records the stamps of its
+        tags when its computation begins, and is served only while each still matches, so
+        replacing a stamp (`tag_bump`) invalidates every entry carrying the tag, and a stamp
+        lost to expiry, eviction or a restart can only make entries miss.
+
+        Creation is atomic per key (SET NX semantics), so concurrent callers agree on one
+        stamp. Each key then lives at least ``ttl`` more seconds: a key with less left, or
+        created here, expires in twice ``ttl`` (so that frequent callers rarely write, which
+        matters because every write of a key is an invalidation message to tracking clients);
+        a key with more left keeps its expiry. ``None`` means it never expires (an expiry it
+        had is removed).
+        """
+        ...
+
+    async def tag_bump(self, keys: Sequence[str], fresh: bytes, ttl: float) -> int:
+        """Replaces the stamp at each of ``keys`` with ``fresh``, expiring in ``ttl`` seconds;
+        returns how many of them held a stamp before."""
         ...
 
     async def tag_add(self, tags: Sequence[str], member: str, ttl: float | None) -> None:

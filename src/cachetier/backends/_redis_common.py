@@ -1,6 +1,7 @@
 """What `RedisBackend` and `RedisClusterBackend` share: the commands on one key, and wake-ups.
 
-Each of these touches a single key, so it reads the same over one server and over a cluster;
+Each of these touches a single key (tag stamps: keys the backend groups by `_key_groups`),
+so it reads the same over one server and over a cluster;
 the two backends differ in what they catch (`failures`), in how they describe a failure
 (``_failure``) and in whether scripts must be loaded before their first use (``_scripts_ready``).
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, final
 
 from .._errors import BackendError, CounterError
@@ -39,6 +40,8 @@ class SingleKeyCommands:
     _get: Callable[[str], Awaitable[bytes | None]]
     _release: Callable[..., Awaitable[Any]]
     _set_if: Callable[..., Awaitable[Any]]
+    _tag_stamps: Callable[..., Awaitable[Any]]
+    _tag_bump: Callable[..., Awaitable[Any]]
 
     def _failure(self, command: str, exc: BaseException) -> BackendError:
         raise NotImplementedError
@@ -58,6 +61,38 @@ class SingleKeyCommands:
 
     async def _scripts_ready(self) -> None:
         """Makes sure the scripts are loaded where they run; redis-py reloads them on NOSCRIPT."""
+
+    def _key_groups(self, keys: Sequence[str]) -> list[list[int]] | None:
+        """Returns the positions in ``keys`` grouped so that one script may touch each group's
+        keys together, or ``None`` when one script may touch them all (a single server)."""
+        return None
+
+    async def _run_grouped(
+        self,
+        script: Callable[..., Awaitable[Any]],
+        command: str,
+        keys: Sequence[str],
+        args: list[bytes | int | str],
+    ) -> list[tuple[list[int], Any]]:
+        """Runs ``script`` over ``keys``, once per group of `_key_groups`, the groups
+        concurrently; returns each group's positions with its answer."""
+        groups = self._key_groups(keys)
+        try:
+            await self._scripts_ready()
+            if groups is None:
+                return [(list(range(len(keys))), await script(keys=list(keys), args=args))]
+            answers = await asyncio.gather(
+                *(script(keys=[keys[i] for i in group], args=args) for group in groups),
+                return_exceptions=True,
+            )
+        except self.failures as exc:
+            raise self._failure(command, exc) from exc
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                if isinstance(answer, self.failures):
+                    raise self._failure(command, answer) from answer
+                raise answer
+        return list(zip(groups, answers, strict=True))
 
     async def get(self, key: str) -> bytes | None:
         """Returns the value of ``key`` (GET), or ``None`` when it is absent."""
@@ -132,6 +167,37 @@ class SingleKeyCommands:
         except self.failures as exc:
             raise self._failure("EVALSHA (set_if)", exc) from exc
         return bool(stored)
+
+    async def tag_stamps(self, keys: Sequence[str], fresh: bytes, ttl: float | None) -> list[bytes]:
+        """Returns the stamp at each of ``keys``, storing ``fresh`` where none is (a Lua script).
+
+        A key created here, or with less than ``ttl`` left, is given twice ``ttl``; ``None``
+        removes any expiry. See `GuardedBackend.tag_stamps`.
+        """
+        if not keys:
+            return []
+        if ttl is None:
+            args: list[bytes | int | str] = [fresh, "0", "0"]
+        else:
+            milliseconds = px(ttl)
+            args = [fresh, milliseconds, 2 * milliseconds]
+        stamps: list[bytes] = [b""] * len(keys)
+        for positions, answer in await self._run_grouped(
+            self._tag_stamps, "EVALSHA (tag_stamps)", keys, args
+        ):
+            for position, stamp in zip(positions, answer, strict=True):
+                stamps[position] = stamp
+        return stamps
+
+    async def tag_bump(self, keys: Sequence[str], fresh: bytes, ttl: float) -> int:
+        """Replaces the stamp at each of ``keys`` with ``fresh`` for ``ttl`` seconds (a Lua
+        script); returns how many held one before."""
+        if not keys:
+            return 0
+        answers = await self._run_grouped(
+            self._tag_bump, "EVALSHA (tag_bump)", keys, [fresh, px(ttl)]
+        )
+        return sum(int(held) for _, held in answers)
 
     async def delete_if(self, key: str, expected: bytes) -> bool:
         """Removes ``key`` only if its value is exactly ``expected`` (a Lua compare-and-delete)."""

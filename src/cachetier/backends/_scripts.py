@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ("RELEASE_LOCK", "SET_IF", "TAG_ADD", "TAG_INVALIDATE")
+__all__ = ("RELEASE_LOCK", "SET_IF", "TAG_ADD", "TAG_BUMP", "TAG_INVALIDATE", "TAG_STAMPS")
 
 # Releases a lock only while it still holds the releaser's token. Without the comparison, a
 # holder whose lock expired mid-computation would delete the lock that another process took
@@ -80,4 +80,56 @@ end
 local existed = redis.call('UNLINK', unpack(members))
 redis.call('ZREM', KEYS[1], unpack(members))
 return {#members, existed}
+"""
+
+# Reads the stamp of each tag key, creating the absent ones with ARGV[1]. The GET and the SET
+# run in one script, so no other client writes between them: concurrent callers agree on one
+# stamp, as with SET NX. A key is then kept at least ttl more milliseconds, and rewritten only
+# when it has less (PEXPIRE to twice ttl), since every write is an invalidation message to
+# tracking clients; an expiry is never shortened, and a key without one keeps none. With no ttl
+# the key is made persistent. A key of another type (an index set of the older tag design)
+# holds no stamp, so it is replaced as an absent one would be. Millisecond counts arrive as
+# decimal text and are passed on as text: Lua numbers are doubles, exact only up to 2**53.
+# KEYS: the tag keys (one slot in a cluster); ARGV[1]: the fresh stamp; ARGV[2]: ttl in
+# milliseconds, "0" for none; ARGV[3]: twice ttl. Returns the stamps, in the order of KEYS.
+TAG_STAMPS: Final = """
+local ttl = tonumber(ARGV[2])
+local stamps = {}
+for i, key in ipairs(KEYS) do
+    local stamp = redis.pcall('GET', key)
+    if type(stamp) ~= 'string' then
+        if ttl == 0 then
+            redis.call('SET', key, ARGV[1])
+        else
+            redis.call('SET', key, ARGV[1], 'PX', ARGV[3])
+        end
+        stamp = ARGV[1]
+    else
+        local left = redis.call('PTTL', key)
+        if ttl == 0 then
+            if left >= 0 then
+                redis.call('PERSIST', key)
+            end
+        elseif left >= 0 and left < ttl then
+            redis.call('PEXPIRE', key, ARGV[3])
+        end
+    end
+    stamps[i] = stamp
+end
+return stamps
+"""
+
+# Replaces the stamp of each tag key, which invalidates every entry that recorded the old one.
+# Counts only the keys that held a string (a stamp) before; a key of another type is replaced
+# all the same. KEYS: the tag keys (one slot in a cluster); ARGV[1]: the fresh stamp; ARGV[2]:
+# PX milliseconds. Returns how many held a stamp.
+TAG_BUMP: Final = """
+local held = 0
+for _, key in ipairs(KEYS) do
+    if type(redis.pcall('GET', key)) == 'string' then
+        held = held + 1
+    end
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+end
+return held
 """

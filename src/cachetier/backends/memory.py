@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Final, TypeAlias, final
 
-from .._errors import BackendError, ConfigurationError, CounterError
+from .._errors import BackendError, ConfigurationError, CounterError, ValueRejected
 from .._glob import compile_glob
 from .._types import Clock
 
@@ -91,6 +91,15 @@ def _check_ttl(key: str, ttl: float) -> None:
         raise BackendError(f"invalid ttl {ttl!r} for key {key!r}: it must be positive seconds")
 
 
+def _rejected(keys: Sequence[str], max_bytes: int | None) -> ValueRejected:
+    """Returns the error of a write whose values at ``keys`` can never fit in ``max_bytes``."""
+    shown = ", ".join(repr(key) for key in keys[:3]) + (", ..." if len(keys) > 3 else "")
+    return ValueRejected(
+        f"the value for {shown} is larger than max_bytes={max_bytes} on its own and was not "
+        "stored; any older value there was removed"
+    )
+
+
 def _checked_item(key: object, value: object) -> bytes:
     """Returns ``value`` as immutable ``bytes``; raises `TypeError` for a non-``str`` key or
     a value that is not bytes-like.
@@ -120,7 +129,12 @@ class MemoryBackend:
     used; `exists` and `ttl` do not, as in Redis.
 
     A value too large for ``max_bytes`` on its own is not stored, and any older value at its
-    key is removed, so a read never returns a value older than the last write.
+    key is removed, so a read never returns a value older than the last write; `set`,
+    `set_many` and `set_if` then raise `ValueRejected` (`add` returns ``False``).
+
+    Tag stamps (`tag_stamps`, `tag_bump`) are ordinary entries, bounded and evicted like any
+    other: an evicted stamp is created afresh, which makes the entries that recorded the old
+    one miss.
 
     Args:
         max_entries: The most entries kept, or ``None`` for no bound.
@@ -228,25 +242,42 @@ class MemoryBackend:
         return values
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        """Stores ``value`` under ``key``, replacing any value and expiry it had."""
+        """Stores ``value`` under ``key``, replacing any value and expiry it had.
+
+        Raises:
+            ValueRejected: ``value`` does not fit in ``max_bytes`` on its own; ``key`` then
+                holds nothing.
+        """
         now = self._clock()
         self._sweep(now, _SWEEP_STEP)
-        self._store(key, value, ttl, now)
+        if not self._store(key, value, ttl, now):
+            # Reporting success would let a cache count as stored a value no read will see.
+            raise _rejected([key], self._max_bytes)
 
     async def set_many(self, items: Mapping[str, bytes], ttl: float | None = None) -> None:
         """Stores every item with the same ``ttl``, measured from one clock reading.
 
         Every key, value and the ``ttl`` are checked before anything is stored, so an invalid
-        item stores nothing, as a failed Redis MSET stores nothing.
+        item stores nothing, as a failed Redis MSET stores nothing. A value too large for
+        ``max_bytes`` on its own is handled as `set` handles it, after the other items are
+        stored.
+
+        Raises:
+            ValueRejected: Some values do not fit in ``max_bytes`` on their own; their keys
+                then hold nothing, and every other item is stored.
         """
         if ttl is not None and not ttl > 0:
             raise BackendError(f"invalid ttl {ttl!r} for set_many: it must be positive seconds")
         checked = [(key, _checked_item(key, value)) for key, value in items.items()]
         now = self._clock()
         expires_at = None if ttl is None else now + ttl
+        rejected = []
         for key, value in checked:
             self._sweep(now, _SWEEP_STEP)
-            self._put(key, value, expires_at, now)
+            if not self._put(key, value, expires_at, now):
+                rejected.append(key)
+        if rejected:
+            raise _rejected(rejected, self._max_bytes)
 
     async def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
         """Stores ``value`` only if ``key`` is absent or expired; returns whether it was stored.
@@ -402,13 +433,21 @@ class MemoryBackend:
             yield batch
 
     async def set_if(self, key: str, expected: bytes, value: bytes, ttl: float | None) -> bool:
-        """Stores ``value`` only if the live value at ``key`` starts with ``expected``."""
+        """Stores ``value`` only if the live value at ``key`` starts with ``expected``.
+
+        Raises:
+            ValueRejected: The value at ``key`` matched, but ``value`` does not fit in
+                ``max_bytes`` on its own; ``key`` then holds nothing.
+        """
         now = self._clock()
         entry = self._live_entry(key, now)
         if entry is None or not entry[0].startswith(expected):
             return False
         self._sweep(now, _SWEEP_STEP)
-        return self._store(key, value, ttl, now)
+        if not self._store(key, value, ttl, now):
+            # Not False: that answer means an invalidation won, which is not what happened.
+            raise _rejected([key], self._max_bytes)
+        return True
 
     async def delete_if(self, key: str, expected: bytes) -> bool:
         """Removes ``key`` only if its live value is exactly ``expected``."""
@@ -417,6 +456,56 @@ class MemoryBackend:
             return False
         self._remove(key, entry[0])
         return True
+
+    async def tag_stamps(self, keys: Sequence[str], fresh: bytes, ttl: float | None) -> list[bytes]:
+        """Returns the stamp at each of ``keys`` in order, storing ``fresh`` where none is live.
+
+        A key then lives at least ``ttl`` more seconds: one created here, or with less left,
+        is given ``2 * ttl``, so that frequent callers rarely write; one with more keeps its
+        expiry. ``None`` removes any expiry. Each key read is made most recently used, so a
+        tag in use is among the last entries evicted. Nothing here awaits, so concurrent
+        callers agree on one stamp.
+        """
+        if ttl is not None and not ttl > 0:
+            raise BackendError(f"invalid ttl {ttl!r} for tag stamps: it must be positive seconds")
+        now = self._clock()
+        self._sweep(now, _SWEEP_STEP)
+        data = self._data
+        stamps: list[bytes] = []
+        for key in keys:
+            entry = self._live_entry(key, now)
+            if entry is None:
+                # If it does not fit, ``fresh`` is returned all the same: the key stays
+                # absent, so the next call gives another stamp and what recorded this one
+                # misses, which is safe.
+                self._store(key, fresh, None if ttl is None else 2 * ttl, now)
+                stamps.append(fresh)
+                continue
+            stamp, expires_at = entry
+            if ttl is None:
+                if expires_at is not None:
+                    data[key] = (stamp, None)
+            elif expires_at is not None and expires_at - now < ttl:
+                data[key] = (stamp, now + 2 * ttl)
+            self._touch(key)
+            stamps.append(stamp)
+        return stamps
+
+    async def tag_bump(self, keys: Sequence[str], fresh: bytes, ttl: float) -> int:
+        """Stores ``fresh`` at each of ``keys``, expiring in ``ttl`` seconds; returns how many
+        held a live value before."""
+        if not ttl > 0:
+            raise BackendError(f"invalid ttl {ttl!r} for tag stamps: it must be positive seconds")
+        now = self._clock()
+        held = 0
+        for key in keys:
+            if self._live_entry(key, now) is not None:
+                held += 1
+            self._sweep(now, _SWEEP_STEP)
+            # A stamp too large to store still removes the old one (see `_put`), which
+            # invalidates as well: an absent key is given a stamp nobody recorded.
+            self._store(key, fresh, ttl, now)
+        return held
 
     async def tag_add(self, tags: Sequence[str], member: str, ttl: float | None) -> None:
         """Records ``member`` in the index of each tag until ``ttl`` seconds from now.

@@ -74,6 +74,14 @@ class NullBackend:
         """Returns ``False``."""
         return False
 
+    async def tag_stamps(self, keys: Sequence[str], fresh: bytes, ttl: float | None) -> list[bytes]:
+        """Returns ``fresh`` for every key, as a store that forgot every stamp at once would."""
+        return [fresh] * len(keys)
+
+    async def tag_bump(self, keys: Sequence[str], fresh: bytes, ttl: float) -> int:
+        """Returns 0: no key ever holds a stamp."""
+        return 0
+
     async def tag_add(self, tags: Sequence[str], member: str, ttl: float | None) -> None:
         """Records nothing."""
 

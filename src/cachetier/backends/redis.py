@@ -28,7 +28,7 @@ from ._hosts import misplaced_at_problem
 from ._protocol import Notifications
 from ._redis_common import SingleKeyCommands, Subscription
 from ._redis_common import px as _px
-from ._scripts import RELEASE_LOCK, SET_IF, TAG_ADD, TAG_INVALIDATE
+from ._scripts import RELEASE_LOCK, SET_IF, TAG_ADD, TAG_BUMP, TAG_INVALIDATE, TAG_STAMPS
 from ._tracking import TrackingChannel, follow, tracking_options
 from ._tracking import decode_keys as _decode_keys
 
@@ -96,7 +96,9 @@ class RedisBackend(SingleKeyCommands):
         "_release",
         "_set_if",
         "_tag_add",
+        "_tag_bump",
         "_tag_invalidate",
+        "_tag_stamps",
     )
 
     def __init__(self, client: Redis, *, owns_client: bool = False) -> None:
@@ -126,6 +128,8 @@ class RedisBackend(SingleKeyCommands):
         self._set_if = client.register_script(SET_IF)
         self._tag_add = client.register_script(TAG_ADD)
         self._tag_invalidate = client.register_script(TAG_INVALIDATE)
+        self._tag_stamps = client.register_script(TAG_STAMPS)
+        self._tag_bump = client.register_script(TAG_BUMP)
 
     @classmethod
     def from_url(
