@@ -4,6 +4,11 @@ Both paths encode the same types the same way: pydantic models through ``model_d
 dataclasses as objects, ``datetime``/``date``/``time`` in ISO 8601, ``UUID`` and ``Decimal`` as
 strings, enums by value, sets and tuples as arrays. Decoding gives plain JSON types; the typed
 decode of `Cache.cached` rebuilds the original types from the return annotation.
+
+NaN and the infinities round-trip exactly, written as the ``NaN``, ``Infinity`` and ``-Infinity``
+tokens that Python's ``json`` and pydantic read (strict JSON has no spelling for them, and orjson
+would silently write ``null``). Values nested deeper than the parser allows raise
+`SerializationError`, on write and on read, never ``RecursionError``.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import dataclasses
 import datetime as dt
 import enum
 import json as _stdlib_json
+import math
 import uuid
 from decimal import Decimal
 from typing import Any, Final
@@ -52,6 +58,33 @@ def _type_name(value: object) -> str:
     return f"{type(value).__module__}.{type(value).__qualname__}"
 
 
+def _has_non_finite(value: object) -> bool:
+    """Tells whether ``value`` holds a NaN or infinite float in a JSON container or object.
+
+    Called only when an encoding holds ``null``, which is where a non-finite float may have
+    been written by a library that cannot spell it; the walk costs nothing on other writes.
+    Raises ``RecursionError`` for values too deep to walk, as the encoders do.
+    """
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(item) for item in value.values())
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(_has_non_finite(item) for item in value)
+    fields = getattr(value, "__pydantic_fields__", None)
+    if fields is not None:
+        return any(_has_non_finite(getattr(value, name, None)) for name in fields)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return any(_has_non_finite(getattr(value, f.name)) for f in dataclasses.fields(value))
+    return False
+
+
+def _stdlib_dumps(value: object) -> bytes:
+    return _stdlib_json.dumps(
+        value, default=_default, separators=(",", ":"), ensure_ascii=False, allow_nan=True
+    ).encode()
+
+
 class JsonSerializer:
     """Encodes values as compact UTF-8 JSON; uses orjson when it is installed."""
 
@@ -72,11 +105,13 @@ class JsonSerializer:
         """Returns ``value`` as UTF-8 JSON bytes."""
         try:
             if self._use_orjson:
-                return _orjson.dumps(value, default=_default, option=_ORJSON_OPTIONS)
-            return _stdlib_json.dumps(
-                value, default=_default, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-            ).encode()
-        except (TypeError, ValueError) as exc:
+                data: bytes = _orjson.dumps(value, default=_default, option=_ORJSON_OPTIONS)
+                # orjson writes NaN and the infinities as null; the standard library spells them.
+                if b"null" in data and _has_non_finite(value):
+                    return _stdlib_dumps(value)
+                return data
+            return _stdlib_dumps(value)
+        except (TypeError, ValueError, RecursionError) as exc:
             raise SerializationError(
                 f"cannot serialize a value of type {_type_name(value)} as JSON: {exc}"
             ) from exc
@@ -85,7 +120,13 @@ class JsonSerializer:
         """Returns the value the JSON bytes hold."""
         try:
             if self._use_orjson:
-                return _orjson.loads(data)
+                try:
+                    return _orjson.loads(data)
+                except ValueError:
+                    # orjson refuses the NaN and Infinity tokens that dumps writes for
+                    # non-finite floats; only then is the slower parser worth a second pass.
+                    if b"NaN" not in data and b"Infinity" not in data:
+                        raise
             return _stdlib_json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise SerializationError(f"stored bytes are not valid JSON: {exc}") from exc

@@ -31,7 +31,7 @@ class MsgpackSerializer:
         """Returns ``value`` as MessagePack bytes."""
         try:
             data: bytes = _msgpack.packb(value, default=_msgpack_default, use_bin_type=True)
-        except (TypeError, ValueError, OverflowError) as exc:
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             raise SerializationError(
                 f"cannot serialize a value of type {type(value).__qualname__} as MessagePack: {exc}"
             ) from exc

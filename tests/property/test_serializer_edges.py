@@ -1,0 +1,166 @@
+"""Serializers give back NaN and the infinities exactly, and refuse values nested too deeply."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pydantic
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cachetier import Cache, SerializationError
+from cachetier.backends import MemoryBackend
+from cachetier.serializers import JsonSerializer, Serializer
+from cachetier.serializers._typed import TypedSerializer
+from cachetier.serializers.msgpack import MsgpackSerializer
+
+PLAIN: dict[str, Serializer] = {
+    "orjson": JsonSerializer(use_orjson=True),
+    "stdlib-json": JsonSerializer(use_orjson=False),
+    "msgpack": MsgpackSerializer(),
+}
+
+TYPED: dict[str, Serializer] = {
+    "typed-json": TypedSerializer(list[Any]),
+    "typed-msgpack": TypedSerializer(list[Any], inner=MsgpackSerializer()),
+    "typed-stdlib": TypedSerializer(list[Any], inner=JsonSerializer(use_orjson=False)),
+}
+
+NON_FINITE = st.sampled_from([math.nan, math.inf, -math.inf])
+FLOATS = st.floats() | NON_FINITE
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | FLOATS | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def same(a: object, b: object) -> bool:
+    """Equality that counts NaN equal to NaN and tells 1 from 1.0, recursively."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def deep(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+# --- NaN and the infinities ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(PLAIN))
+@given(value=JSON_VALUES)
+def test_plain_serializers_round_trip_every_float(name: str, value: object) -> None:
+    serializer = PLAIN[name]
+    assert same(serializer.loads(serializer.dumps(value)), value)
+
+
+@pytest.mark.parametrize(
+    ("writer", "reader"), [("orjson", "stdlib-json"), ("stdlib-json", "orjson")]
+)
+@given(value=st.lists(FLOATS, max_size=5))
+def test_json_with_and_without_orjson_read_each_others_non_finite_floats(
+    writer: str, reader: str, value: list[float]
+) -> None:
+    assert same(PLAIN[reader].loads(PLAIN[writer].dumps(value)), value)
+
+
+@pytest.mark.parametrize("annotation", [float, float | None, list[float | None], dict[str, Any]])
+@pytest.mark.parametrize("inner", [None, JsonSerializer(use_orjson=False), MsgpackSerializer()])
+@given(number=NON_FINITE)
+def test_typed_codec_round_trips_non_finite_floats(
+    annotation: Any, inner: Serializer | None, number: float
+) -> None:
+    value: object = number
+    if annotation == list[float | None]:
+        value = [1.5, number, None]
+    elif annotation == dict[str, Any]:
+        value = {"mean": number, "n": 0}
+    serializer: TypedSerializer[Any] = TypedSerializer(annotation, inner=inner)
+    assert same(serializer.loads(serializer.dumps(value)), value)
+
+
+class Report(pydantic.BaseModel):
+    mean: float | None
+
+
+class SpelledReport(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(ser_json_inf_nan="constants")
+
+    mean: float | None
+
+
+def test_typed_codec_refuses_a_model_that_would_write_nan_as_null() -> None:
+    serializer: TypedSerializer[Report] = TypedSerializer(Report)
+    with pytest.raises(SerializationError, match="ser_json_inf_nan"):
+        serializer.dumps(Report(mean=math.nan))
+    assert serializer.loads(serializer.dumps(Report(mean=None))) == Report(mean=None)
+
+
+def test_typed_codec_round_trips_a_model_configured_to_spell_nan() -> None:
+    serializer: TypedSerializer[list[SpelledReport]] = TypedSerializer(list[SpelledReport])
+    (got,) = serializer.loads(serializer.dumps([SpelledReport(mean=math.inf)]))
+    assert got.mean == math.inf
+
+
+async def test_cache_returns_nan_as_nan_not_none() -> None:
+    async with Cache(MemoryBackend()) as cache:
+        assert await cache.set("ratio", math.nan) is True
+        got = await cache.get("ratio")
+        assert isinstance(got, float)
+        assert math.isnan(got)
+
+        @cache.cached(ttl=60)
+        async def conversion_rate(campaign: int) -> float | None:
+            return math.nan
+
+        await conversion_rate(1)
+        hit = await conversion_rate(1)
+        assert hit is not None
+        assert math.isnan(hit)
+
+
+# --- nesting deeper than the parsers go -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(PLAIN) + sorted(TYPED))
+def test_too_deep_a_value_is_a_serialization_error_on_write(name: str) -> None:
+    serializer = {**PLAIN, **TYPED}[name]
+    with pytest.raises(SerializationError):
+        serializer.dumps(deep(5000))
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("orjson", b"[" * 100_000 + b"]" * 100_000),
+        ("stdlib-json", b"[" * 100_000 + b"]" * 100_000),
+        ("msgpack", b"\x91" * 100_000 + b"\x90"),
+        ("typed-json", b"[" * 100_000 + b"]" * 100_000),
+        ("typed-msgpack", b"\x91" * 100_000 + b"\x90"),
+        ("typed-stdlib", b"[" * 100_000 + b"]" * 100_000),
+    ],
+)
+def test_too_deep_stored_bytes_are_a_serialization_error_on_read(name: str, data: bytes) -> None:
+    serializer = {**PLAIN, **TYPED}[name]
+    with pytest.raises(SerializationError):
+        serializer.loads(data)
+
+
+async def test_set_of_a_too_deep_value_raises_and_stores_nothing() -> None:
+    async with Cache(MemoryBackend(), serializer=JsonSerializer(use_orjson=False)) as cache:
+        with pytest.raises(SerializationError):
+            await cache.set("tree", deep(5000))
+        assert await cache.exists("tree") is False
