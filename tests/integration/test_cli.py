@@ -86,12 +86,12 @@ async def test_help_describes_every_command_with_examples(
 ) -> None:
     result = await run_cli("--help", env=base_env, cwd=tmp_path)
     assert result.code == 0
-    for command in ("health", "keys", "get", "invalidate", "bump-version"):
+    for command in ("health", "keys", "get", "invalidate", "bump-version", "demo"):
         assert f"    {command} " in result.stdout
     assert "invalidate --tag TAG" in result.stdout
     assert "examples:" in result.stdout
     assert "exit codes:" in result.stdout
-    assert "examples/demo.py" in result.stdout  # says where the demo is, since it is not a command
+    assert "  cachetier demo\n" in result.stdout
 
 
 async def test_invalidate_help_says_pattern_and_tags_combine(

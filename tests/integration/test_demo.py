@@ -96,3 +96,45 @@ def test_demo_on_redis(tmp_path: Path, redis_url: str) -> None:
     rows = table_rows(result.stdout)
     assert len(rows) == 3
     assert all(hit < first for first, hit in rows.values())
+
+
+def test_installed_command_runs_the_demo_and_leaves_no_database(tmp_path: Path) -> None:
+    """``cachetier demo`` needs no checkout: it builds its database in a temporary directory."""
+    clean = {
+        name: value
+        for name, value in os.environ.items()
+        if name.upper() not in {"REDIS_URL", "REDIS_ENABLED"}
+        and not name.upper().startswith("CACHE_")
+    }
+    result = subprocess.run(  # our own interpreter and package
+        [sys.executable, "-m", "cachetier", "demo", "--rows", "2000", "--quiet"],
+        cwd=tmp_path,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = table_rows(result.stdout)
+    assert len(rows) == 3, result.stdout
+    assert all(hit < first for first, hit in rows.values())
+    assert "Backend: memory (process-local" in result.stdout
+    assert re.search(r"next call: +miss", result.stdout)
+    database = re.search(r"^Database: (.+)$", result.stdout, re.M)
+    assert database is not None
+    assert not Path(database.group(1)).exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_installed_command_refuses_too_few_rows(tmp_path: Path) -> None:
+    result = subprocess.run(  # our own interpreter and package
+        [sys.executable, "-m", "cachetier", "demo", "--rows", "10"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--rows: must be at least 100, not 10" in result.stderr
