@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import time
-from typing import Literal, final
+from typing import Final, Literal, final
 
 from ._errors import ConfigurationError
 from ._types import Clock
 
-__all__ = ("CircuitBreaker",)
+__all__ = ("MAX_COOLDOWN", "CircuitBreaker")
+
+# One hour: an open breaker turns caching off, so a longer cool-down is a mistake (an infinite one
+# never probes again) rather than a policy.
+MAX_COOLDOWN: Final = 3600.0
 
 
 @final
@@ -40,15 +45,23 @@ class CircuitBreaker:
     ) -> None:
         """Args:
         threshold: consecutive failures that open the breaker.
-        cooldown: seconds it stays open before one probe is let through.
+        cooldown: seconds it stays open before one probe is let through; finite, at most
+            `MAX_COOLDOWN` (one hour).
         clock: monotonic seconds.
         """
         if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
             raise ConfigurationError(
                 f"breaker threshold must be an int of at least 1, got {threshold!r}"
             )
-        if not cooldown > 0:
-            raise ConfigurationError(f"breaker cooldown must be positive seconds, got {cooldown!r}")
+        if (
+            isinstance(cooldown, bool)
+            or not isinstance(cooldown, int | float)
+            or not (0 < cooldown <= MAX_COOLDOWN and math.isfinite(cooldown))
+        ):
+            raise ConfigurationError(
+                f"breaker cooldown must be positive seconds, at most {MAX_COOLDOWN:g}, "
+                f"got {cooldown!r}"
+            )
         self.threshold = threshold
         self.cooldown = float(cooldown)
         self._clock = clock

@@ -28,9 +28,14 @@ from pydantic_core.core_schema import ErrorType
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from typing_extensions import Self, assert_never
 
+from ._breaker import MAX_COOLDOWN
 from ._errors import ConfigurationError
 from ._redact import redact_url
+from ._ttl import MAX_TTL
 from ._types import BackendName
+
+# A plain parser importing no redis-py; backends themselves are imported where they are built.
+from .backends._hosts import MAX_RETRIES, misplaced_at_problem, split_hosts
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -106,7 +111,11 @@ class CacheSettings(BaseSettings):
     namespace: str = Field(default="cache", description="First part of every key.")
     version: str = Field(default="v1", description="Second part of every key.")
     default_ttl: float = Field(
-        default=3600.0, gt=0, allow_inf_nan=False, description="Seconds, when a call gives none."
+        default=3600.0,
+        gt=0,
+        le=MAX_TTL,
+        allow_inf_nan=False,
+        description="Seconds, when a call gives none; at most ten years.",
     )
     connect_timeout: float = Field(
         default=0.25, gt=0, allow_inf_nan=False, description="Seconds to open a connection."
@@ -118,7 +127,10 @@ class CacheSettings(BaseSettings):
     retries: int = Field(
         default=0,
         ge=0,
-        description="Retries after a Redis connection error (at least one is made).",
+        le=MAX_RETRIES,
+        description=(
+            f"Retries after a Redis connection error (at least one is made), at most {MAX_RETRIES}."
+        ),
     )
     breaker_failures: int = Field(
         default=5, ge=1, description="Consecutive backend failures that open the circuit breaker."
@@ -126,6 +138,7 @@ class CacheSettings(BaseSettings):
     breaker_cooldown: float = Field(
         default=5.0,
         gt=0,
+        le=MAX_COOLDOWN,
         allow_inf_nan=False,
         description="Seconds the breaker stays open before one probe call.",
     )
@@ -161,6 +174,7 @@ class CacheSettings(BaseSettings):
     local_ttl: float = Field(
         default=60.0,
         gt=0,
+        le=MAX_TTL,
         allow_inf_nan=False,
         description="Seconds a value stays in the local tier at most.",
     )
@@ -375,8 +389,6 @@ def _redis_url_problem(url: str) -> str | None:
     except ValueError:
         return "is not a valid URL"
     scheme = parts.scheme.lower()
-    from .backends._hosts import misplaced_at_problem  # no redis-py import: a plain parser
-
     misplaced = misplaced_at_problem(url)
     if misplaced is not None:
         return misplaced
@@ -410,8 +422,6 @@ def _redis_url_problem(url: str) -> str | None:
 
 def _multi_host_url_problem(scheme: str, url: str) -> str | None:
     """Returns what is wrong with a Sentinel or Cluster URL, or ``None``; never quotes it."""
-    from .backends._hosts import split_hosts  # no redis-py import: a plain parser
-
     example = "host:26379/mymaster" if scheme == "redis+sentinel" else "host1:6379,host2:6379"
     try:
         hosts = split_hosts(url, base_scheme="redis", default_port=0)
@@ -499,6 +509,7 @@ def _with_variable_names(exc: ValidationError) -> ValidationError:
 _MESSAGES: Final[Mapping[str, str]] = {
     "greater_than": "must be greater than {gt}",
     "greater_than_equal": "must be at least {ge}",
+    "less_than_equal": "must be at most {le}",
     "int_parsing": "must be a whole number",
     "int_from_float": "must be a whole number",
     "int_type": "must be a whole number",
@@ -517,9 +528,10 @@ def _describe_errors(errors: list[ErrorDetails]) -> str:
     names = _names_to_fields()
     lines: list[str] = []
     for error in errors:
-        # Bounds print as written: "greater than 0", not pydantic's float "0.0".
+        # Bounds print as written: "greater than 0", not pydantic's float "0.0", and
+        # "at most 315360000", not "3.1536e+08".
         context = {
-            name: f"{value:g}" if isinstance(value, float) else value
+            name: _bound_text(value) if isinstance(value, float) else value
             for name, value in error.get("ctx", {}).items()
         }
         template = _MESSAGES.get(error["type"])
@@ -537,6 +549,10 @@ def _describe_errors(errors: list[ErrorDetails]) -> str:
     if len(lines) == 1:
         return lines[0]
     return f"{len(lines)} invalid cache settings: " + "; ".join(lines)
+
+
+def _bound_text(value: float) -> str:
+    return str(int(value)) if value.is_integer() else f"{value:g}"
 
 
 def _quoted_input(value: object) -> str:

@@ -8,9 +8,15 @@ from typing import Final, TypeAlias
 
 from ._errors import ConfigurationError
 
-__all__ = ("TTL", "TTLLike", "to_seconds")
+__all__ = ("MAX_TTL", "TTL", "TTLLike", "to_seconds")
 
 TTLLike: TypeAlias = "float | int | timedelta"
+
+# Ten years. Redis refuses an expiry whose absolute time in milliseconds overflows 64 bits, so
+# "forever" spellings such as sys.maxsize fail on every write there while the memory backend
+# takes them; refusing them where they are given keeps both backends alike and keeps such
+# writes from counting as backend failures that open the circuit breaker.
+MAX_TTL: Final = 10 * 365 * 24 * 3600
 
 
 class TTL:
@@ -29,7 +35,8 @@ def to_seconds(ttl: TTLLike | None, *, name: str = "ttl") -> float | None:
 
     Raises:
         TypeError: ``ttl`` is not a number or a ``timedelta`` (``bool`` is refused).
-        ConfigurationError: ``ttl`` is zero, negative, NaN or infinite.
+        ConfigurationError: ``ttl`` is zero, negative, NaN, infinite or above `MAX_TTL`
+            (ten years); the message names ``name``.
     """
     if ttl is None:
         return None
@@ -44,5 +51,9 @@ def to_seconds(ttl: TTLLike | None, *, name: str = "ttl") -> float | None:
     if not math.isfinite(seconds) or seconds <= 0:
         raise ConfigurationError(
             f"{name} must be a positive, finite number of seconds, got {seconds!r}"
+        )
+    if seconds > MAX_TTL:
+        raise ConfigurationError(
+            f"{name} must be at most {MAX_TTL} seconds (ten years), got {seconds:g}"
         )
     return seconds

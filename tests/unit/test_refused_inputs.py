@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import os
+import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from cachetier import CacheSettings, ConfigurationError
+from cachetier import Cache, CacheSettings, CircuitBreaker, ConfigurationError
+from cachetier.backends import MemoryBackend
 from cachetier.backends.redis import RedisBackend
 
+MAX_TTL = 10 * 365 * 24 * 3600  # the documented maximum: ten years
 PASSWORD_PIECES = ("Zq9-pa", "ss-x7")
 
 
@@ -97,3 +102,66 @@ def test_settings_error_hides_a_password_with_reserved_characters(char: str, sch
 def test_from_url_accepts_a_percent_encoded_password() -> None:
     backend = RedisBackend.from_url("redis://:Zq9-pa%2Fss-x7@127.0.0.1:6379/0")
     assert "Zq9" not in repr(backend)
+
+
+# --- TTLs, retries and the breaker's cool-down are bounded where they are given ---------------
+
+
+@pytest.mark.parametrize("ttl", [sys.maxsize, 1e17, MAX_TTL + 1, timedelta(days=365 * 11)])
+async def test_ttl_above_the_maximum_is_refused_before_any_write(ttl: float | timedelta) -> None:
+    async with Cache(MemoryBackend()) as cache:
+        with pytest.raises(ConfigurationError, match=r"ttl must be at most 315360000 seconds"):
+            await cache.set("k", 1, ttl=ttl)
+        with pytest.raises(ConfigurationError, match="ttl"):
+            await cache.incr("counter", ttl=ttl)
+        assert await cache.exists("k") is False
+        assert await cache.exists("counter") is False
+
+
+async def test_ttl_of_ten_years_is_accepted() -> None:
+    async with Cache(MemoryBackend()) as cache:
+        assert await cache.set("k", 1, ttl=MAX_TTL) is True
+
+
+def test_decorator_ttl_above_the_maximum_is_refused() -> None:
+    cache = Cache(MemoryBackend())
+    with pytest.raises(ConfigurationError, match="ttl"):
+
+        @cache.cached(ttl=sys.maxsize)
+        async def f() -> int:
+            return 1
+
+
+def test_default_ttl_above_the_maximum_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="default_ttl must be at most"):
+        Cache(MemoryBackend(), default_ttl=1e17)
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "message"),
+    [
+        ("CACHE_DEFAULT_TTL", "1e17", "CACHE_DEFAULT_TTL: must be at most 315360000"),
+        ("CACHE_LOCAL_TTL", "1e12", "CACHE_LOCAL_TTL: must be at most 315360000"),
+        ("CACHE_RETRIES", "100000", "CACHE_RETRIES: must be at most 10"),
+        ("CACHE_BREAKER_COOLDOWN", "7200", "CACHE_BREAKER_COOLDOWN: must be at most 3600"),
+    ],
+)
+def test_settings_bounds_name_the_variable(variable: str, text: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        CacheSettings.load(**{variable: text})
+
+
+@pytest.mark.parametrize("retries", [11, 100_000, -1, True])
+def test_from_url_refuses_retries_out_of_range(retries: int) -> None:
+    with pytest.raises(ConfigurationError, match="retries must be from 0 to 10"):
+        RedisBackend.from_url("redis://127.0.0.1:6379/0", retries=retries)
+
+
+@pytest.mark.parametrize("cooldown", [math.inf, math.nan, 0, -1, 3601, 1e300])
+def test_circuit_breaker_refuses_a_cooldown_out_of_range(cooldown: float) -> None:
+    with pytest.raises(ConfigurationError, match="cooldown"):
+        CircuitBreaker(cooldown=cooldown)
+
+
+def test_circuit_breaker_accepts_an_hour() -> None:
+    assert CircuitBreaker(cooldown=3600).cooldown == 3600

@@ -9,14 +9,23 @@ separated, after one set of credentials::
 `split_hosts` returns the hosts, and builds a single-host URL (the first host, with the
 credentials and query) that redis-py's own ``parse_url`` turns into connection options, so that
 percent-decoding, TLS and query options behave exactly as they do for ``redis://``.
+
+It also holds the URL and connection checks that `RedisBackend.from_url` and `CacheSettings`
+share, as this module imports no redis-py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 from urllib.parse import urlsplit
 
-__all__ = ("HostsURL", "misplaced_at_problem", "split_hosts")
+__all__ = ("MAX_RETRIES", "HostsURL", "misplaced_at_problem", "split_hosts")
+
+# Retries are immediate (no backoff), so against a refused port each costs a connection attempt:
+# 100,000 of them made one get() take seconds. Past a few, retrying only waits longer on a dead
+# server; the circuit breaker is what copes with an outage.
+MAX_RETRIES: Final = 10
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._errors import BackendError, ConfigurationError
 from .._redact import redact_url
-from ._hosts import misplaced_at_problem
+from ._hosts import MAX_RETRIES, misplaced_at_problem
 from ._protocol import Notifications
 from ._redis_common import SingleKeyCommands, Subscription
 from ._redis_common import px as _px
@@ -176,8 +176,8 @@ class RedisBackend(SingleKeyCommands):
             connect_timeout: Seconds to open a connection, TLS handshake included.
             command_timeout: Seconds to write a command and to read each reply.
             max_connections: Connections the pool may open; past that a call fails at once.
-            retries: Immediate retries after a connection error (at least one); timeouts are
-                never retried. Each retry can spend the connect timeout again.
+            retries: Immediate retries after a connection error (at least one), at most 10;
+                timeouts are never retried. Each retry can spend the connect timeout again.
             health_check_interval: Seconds a connection may idle before a PING checks it;
                 ``0`` never checks.
             client_name: Sent with ``CLIENT SETNAME`` on each connection; ``None`` sends none.
@@ -208,8 +208,12 @@ class RedisBackend(SingleKeyCommands):
             )
         if max_connections < 1:
             raise ConfigurationError(f"max_connections must be at least 1, not {max_connections}")
-        if retries < 0:
-            raise ConfigurationError(f"retries must be 0 or more, not {retries}")
+        if (
+            isinstance(retries, bool)
+            or not isinstance(retries, int)
+            or not 0 <= retries <= MAX_RETRIES
+        ):
+            raise ConfigurationError(f"retries must be from 0 to {MAX_RETRIES}, not {retries!r}")
         tls: dict[str, object] = {
             name: value
             for name, value in (
