@@ -43,7 +43,6 @@ R = TypeVar("R")
 S = TypeVar("S")
 
 _REQUIRED: Final = inspect.Parameter.empty
-_SELF_NAMES: Final = frozenset({"self", "cls"})
 _UNBOUND: Final = object()
 
 
@@ -116,6 +115,7 @@ class _KeyPlan:
         "_max_length",
         "_positional",
         "_prefix",
+        "_receiver",
         "_required",
         "_signature",
         "_single",
@@ -140,12 +140,18 @@ class _KeyPlan:
                 f"exclude names no parameter of {function_name(func)}: {sorted(unknown)}"
             )
         exclude = set(exclude)
+        # A method's ``self`` is keyed like any argument, so two instances never share a result
+        # (dogpile.cache #213); its class must say what identifies an instance. ``cls`` needs no
+        # hook: a class encodes as its qualified name.
+        self._receiver: str | None = None
         if (
-            params
-            and params[0].name in _SELF_NAMES
+            key is None
+            and params
+            and params[0].name == "self"
+            and params[0].name not in exclude
             and params[0].kind <= inspect.Parameter.POSITIONAL_OR_KEYWORD
         ):
-            exclude.add(params[0].name)
+            self._receiver = function_name(func)
         self._signature = signature
         self._keys = keys
         self._exclude = frozenset(exclude)
@@ -196,6 +202,8 @@ class _KeyPlan:
         if self._constant is not None and not args and not kwargs:
             return self._constant
         values = self._bind(args, kwargs)
+        if self._receiver is not None:
+            self._check_receiver(values[0])
         if self._template is not None:
             arguments = dict(zip(self._signature.parameters, values, strict=True))
             return _FORMATTER.vformat(self._template, (), arguments)
@@ -233,6 +241,8 @@ class _KeyPlan:
 
     def stored(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
         """Returns the stored key of a call: the hot path of every decorated call."""
+        if self._receiver is not None and args:
+            self._check_receiver(args[0])
         single = self._single
         if single is not None and not kwargs and len(args) == self._count:
             value = args[single[0]]
@@ -247,6 +257,17 @@ class _KeyPlan:
             return self._keys.fit(self._stored_prefix + name + _encode_part(values[index]))
         key = self._stored_prefix + ":".join([name + _encode_part(values[i]) for i, name in slots])
         return self._keys.fit(key)
+
+    def _check_receiver(self, instance: object) -> None:
+        """Raises TypeError unless ``instance``'s class keys its instances with ``__cache_key__``."""
+        if getattr(type(instance), "__cache_key__", None) is None:
+            kind = type(instance).__qualname__
+            raise TypeError(
+                f"cannot cache {self._receiver} per instance: {kind} has no __cache_key__() "
+                f"method, so two {kind} instances would share one cached result; define "
+                f"__cache_key__(self) -> str returning what identifies the instance, or pass "
+                f'exclude=["self"] to cached() when the result does not depend on the instance'
+            )
 
     def _bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Sequence[Any]:
         if self._fast:
