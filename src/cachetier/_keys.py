@@ -9,6 +9,13 @@ Shortening. A key longer than ``max_length`` keeps its first characters (never f
 the namespace and version prefix) and ends in ``#`` plus a 32-hex-digit BLAKE2b digest of the
 whole key, so it stays unique, stable across processes, and reachable by prefix patterns.
 
+Reserved keys. The generation counter, tag indexes, locks and wake-up channels live under the
+prefix too (an ACL limited to ``namespace:*`` reaches them), after a ``\\_`` that escaping never
+produces (it puts a backslash only before ``\\:*?[]``). A relative key given to a `Cache` method
+is written as is, so `KeyBuilder.full` refuses one that starts with it: no user key can clobber
+cachetier's own. Keys holding a lone surrogate, which Redis cannot store as UTF-8, are refused
+on every backend alike.
+
 Call keys. Arguments are bound to the signature with defaults applied, so keyword order and
 positional versus keyword passing do not matter, and each value is encoded with its type:
 ``1``, ``1.0``, ``"1"`` and ``True`` give different keys. Values whose only text is
@@ -32,11 +39,46 @@ from typing import Any, Final, cast, final
 from ._errors import ConfigurationError
 from ._glob import glob_escape
 
-__all__ = ("KeyBuilder", "encode_argument", "escape_part", "function_name")
+__all__ = (
+    "KeyBuilder",
+    "check_key_collection",
+    "encode_argument",
+    "escape_part",
+    "function_name",
+)
 
 _PART_ESCAPES: Final = str.maketrans({c: "\\" + c for c in "\\:*?[]"})
 _DIGEST_LENGTH: Final = 32  # hex digits of a 16-byte BLAKE2b digest
 _ADDRESS: Final = re.compile(r"\bat 0x[0-9a-fA-F]+")
+# Starts the relative part of every key cachetier keeps for itself; see the module docstring.
+_RESERVED: Final = "\\_"
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def _surrogate_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def check_key_collection(keys: object, *, argument: str = "keys") -> None:
+    """Raises TypeError when ``keys``, which should hold several keys, is one ``str`` or ``bytes``.
+
+    A string is an iterable of its characters, so ``get_many("abc")`` would read ``"a"``,
+    ``"b"`` and ``"c"``.
+    """
+    if isinstance(keys, str | bytes):
+        raise TypeError(
+            f"{argument} must be a collection of keys, not a single {type(keys).__name__} "
+            f"({keys!r}); pass [{keys!r}]"
+        )
+
+
+def _check_text(text: str, what: str) -> None:
+    """Raises ValueError when ``text`` holds a lone surrogate, which UTF-8 cannot encode."""
+    if not text.isascii() and _SURROGATE.search(text):
+        raise ValueError(
+            f"{what} {text!r} holds a lone surrogate, which cannot be encoded as UTF-8; "
+            "keys must be valid Unicode text"
+        )
 
 
 def escape_part(part: str) -> str:
@@ -83,7 +125,12 @@ def encode_argument(value: object) -> str:
     if type(value) is int:
         return str(value)
     if type(value) is str:
-        return json.dumps(value, ensure_ascii=False)
+        text = json.dumps(value, ensure_ascii=False)
+        if text.isascii():
+            return text
+        # A lone surrogate is written as JSON's \\uXXXX escape (as ensure_ascii would), which
+        # UTF-8 can carry; other characters stay as they are, so existing keys do not change.
+        return _SURROGATE.sub(_surrogate_escape, text)
     if type(value) is float:
         return repr(value)  # always has ".", "e", "inf" or "nan", so never equal to an int's text
     if isinstance(value, bytes | bytearray | memoryview):
@@ -194,10 +241,12 @@ class KeyBuilder:
 
         Raises:
             TypeError: a part is not a ``str`` or an ``int``.
+            ValueError: a part holds a lone surrogate.
         """
         texts: list[str] = []
         for part in parts:
             if isinstance(part, str):
+                _check_text(part, "key part")
                 texts.append(escape_part(part))
             elif isinstance(part, int) and not isinstance(part, bool):
                 texts.append(str(part))
@@ -214,11 +263,18 @@ class KeyBuilder:
 
         Raises:
             TypeError: ``key`` is not a ``str``.
+            ValueError: ``key`` starts with the reserved ``\\_`` or holds a lone surrogate.
         """
         if type(key) is not str:
             if not isinstance(key, str):
                 raise TypeError(f"cache keys must be str, not {type(key).__name__}")
             key = str(key)
+        if key.startswith(_RESERVED):
+            raise ValueError(
+                f"cache key {key!r} starts with {_RESERVED!r}, which is reserved for the keys "
+                "cachetier keeps for itself (generation, tags, locks)"
+            )
+        _check_text(key, "cache key")
         full = self._prefix + key
         return full if len(full) <= self._max_length else self._shorten(full)
 
@@ -239,21 +295,22 @@ class KeyBuilder:
 
         It stays inside this namespace and version, so an ACL user limited to them can lock.
         """
-        return self._prefix + "__lock__:" + stored_key[len(self._prefix) :]
+        return self._prefix + _RESERVED + "lock:" + stored_key[len(self._prefix) :]
 
     def ready_channel(self, stored_key: str) -> str:
         """Returns the pub/sub channel that announces a value for ``stored_key`` has landed."""
-        return self._prefix + "__ready__:" + stored_key[len(self._prefix) :]
+        return self._prefix + _RESERVED + "ready:" + stored_key[len(self._prefix) :]
 
     def tag_key(self, tag: str) -> str:
         """Returns the key of the index of entries tagged ``tag`` (an escaped part)."""
         if not isinstance(tag, str):
             raise TypeError(f"tags must be str, not {type(tag).__name__}")
-        return self.fit(self._prefix + "__tag__:" + escape_part(tag))
+        _check_text(tag, "tag")
+        return self.fit(self._prefix + _RESERVED + "tag:" + escape_part(tag))
 
     def generation_key(self) -> str:
         """Returns the key of the counter that `Cache.bump_version` increments."""
-        return self._prefix + "__generation__"
+        return self._prefix + _RESERVED + "generation"
 
     def pattern(self, glob: str) -> str:
         """Returns the Redis glob that matches relative ``glob`` within this namespace and version.
@@ -263,6 +320,7 @@ class KeyBuilder:
         """
         if not isinstance(glob, str):
             raise TypeError(f"patterns must be str, not {type(glob).__name__}")
+        _check_text(glob, "pattern")
         return glob_escape(self._prefix) + glob
 
     def call_key(

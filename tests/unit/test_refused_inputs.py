@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from cachetier import Cache, CacheSettings, CircuitBreaker, ConfigurationError
+from cachetier import Cache, CacheSettings, CircuitBreaker, ConfigurationError, KeyBuilder
+from cachetier._keys import check_key_collection
 from cachetier.backends import MemoryBackend
 from cachetier.backends.redis import RedisBackend
 
@@ -165,3 +166,74 @@ def test_circuit_breaker_refuses_a_cooldown_out_of_range(cooldown: float) -> Non
 
 def test_circuit_breaker_accepts_an_hour() -> None:
     assert CircuitBreaker(cooldown=3600).cooldown == 3600
+
+
+# --- user keys cannot reach cachetier's own keys, and bad text is refused alike everywhere ----
+
+
+async def test_a_user_key_named_like_the_generation_counter_leaves_bump_version_working() -> None:
+    async with Cache(MemoryBackend()) as cache:
+        assert await cache.set("__generation__", "x") is True
+        await cache.set("report", 1)
+        await cache.bump_version()
+        assert await cache.get("report") is None
+        assert await cache.get("__generation__") is None  # written before the bump
+
+
+async def test_a_user_key_named_like_a_tag_index_leaves_the_tag_working() -> None:
+    async with Cache(MemoryBackend()) as cache:
+        assert await cache.set("__tag__:users", 1) is True
+        assert await cache.set("u1", 1, tags=["users"]) is True
+        assert await cache.invalidate_tags("users") == 1
+        assert await cache.get("u1") is None
+        assert await cache.get("__tag__:users") == 1
+
+
+@pytest.mark.parametrize("key", ["\\_generation", "\\_tag:users", "\\_lock:x"])
+async def test_keys_in_the_reserved_space_are_refused(key: str) -> None:
+    async with Cache(MemoryBackend()) as cache:
+        with pytest.raises(ValueError, match="reserved"):
+            await cache.set(key, 1)
+        with pytest.raises(ValueError, match="reserved"):
+            await cache.get(key)
+
+
+@pytest.mark.parametrize("key", ["a\ud800b", "\udfff"])
+async def test_a_lone_surrogate_key_is_refused_on_every_backend(key: str) -> None:
+    async with Cache(MemoryBackend()) as cache:
+        with pytest.raises(ValueError, match="lone surrogate"):
+            await cache.set(key, 1)
+        with pytest.raises(ValueError, match="lone surrogate"):
+            await cache.get(key)
+        with pytest.raises(ValueError, match="lone surrogate"):
+            await cache.set("k", 1, tags=[key])
+        with pytest.raises(ValueError, match="lone surrogate"):
+            await cache.delete_pattern(key + "*")
+
+
+def test_reserved_keys_cannot_be_written_by_any_user_key() -> None:
+    keys = KeyBuilder("app", "v1")
+    reserved = [keys.generation_key(), keys.tag_key("users"), keys.lock_key(keys.full("x"))]
+    for stored in reserved:
+        with pytest.raises(ValueError, match="reserved"):
+            keys.full(stored[len(keys.prefix) :])
+
+
+async def test_a_decorated_call_with_a_lone_surrogate_argument_is_keyed_as_valid_utf8() -> None:
+    async with Cache(MemoryBackend()) as cache:
+
+        @cache.cached(ttl=30)
+        async def echo(text: str) -> str:
+            return text
+
+        assert await echo("a\ud800") == "a\ud800"
+        stored = echo.key_for("a\ud800")
+        stored.encode("utf-8")  # no UnicodeEncodeError: Redis can hold it
+        assert stored != echo.key_for("a\\ud800")
+
+
+@pytest.mark.parametrize("keys", ["abc", b"abc"])
+def test_a_single_string_where_keys_are_expected_is_a_type_error(keys: object) -> None:
+    with pytest.raises(TypeError, match=r"keys must be a collection of keys, not a single"):
+        check_key_collection(keys)
+    check_key_collection(["abc"])
