@@ -28,9 +28,10 @@ import contextlib
 import inspect
 import os
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from typing import Any, Final, NoReturn, Protocol, TypeVar, cast
+from contextlib import ExitStack
+from typing import Any, Final, NoReturn, Protocol, TypeVar, cast, final
 
 import pytest
 
@@ -125,7 +126,6 @@ def assert_hits(target: HasStats, hits: int) -> None:
         raise AssertionError(f"expected {hits} hits, counted {_describe(stats)}")
 
 
-@contextmanager
 def expect_reads(
     target: HasStats,
     *,
@@ -134,42 +134,98 @@ def expect_reads(
     stale: int | None = None,
     errors: int | None = None,
     bypassed: int | None = None,
-) -> Iterator[None]:
-    """Asserts how many reads of each outcome ``target`` counts during the block.
+) -> ReadExpectation:
+    """Asserts how many reads of each outcome ``target`` counts during the ``with`` block.
 
     Only the counts given are checked; ``errors`` counts backend and decode errors together.
     Nothing is checked when the block raises, so its own exception is what the test reports.
+    Called without ``with``, it would check nothing: the object it returns refuses to be
+    tested for truth, and warns (``RuntimeWarning``, an error under ``-W error``) when it is
+    dropped without ever being entered.
 
     Raises:
         AssertionError: a count differs; the message shows every counter's change.
     """
-    before = target.stats
-    yield
-    after = target.stats
-    delta = CacheStats(
-        hits=after.hits - before.hits,
-        misses=after.misses - before.misses,
-        stale_served=after.stale_served - before.stale_served,
-        backend_errors=after.backend_errors - before.backend_errors,
-        decode_errors=after.decode_errors - before.decode_errors,
-        bypassed=after.bypassed - before.bypassed,
+    return ReadExpectation(
+        target, hits=hits, misses=misses, stale=stale, errors=errors, bypassed=bypassed
     )
-    checks = (
-        ("hits", hits, delta.hits),
-        ("misses", misses, delta.misses),
-        ("stale", stale, delta.stale_served),
-        ("errors", errors, delta.backend_errors + delta.decode_errors),
-        ("bypassed", bypassed, delta.bypassed),
-    )
-    wrong = [
-        f"{name}={got} (expected {want})"
-        for name, want, got in checks
-        if want is not None and want != got
-    ]
-    if wrong:
-        raise AssertionError(
-            f"unexpected reads in the block: {', '.join(wrong)}; all reads: {_describe(delta)}"
+
+
+@final
+class ReadExpectation:
+    """The context manager `expect_reads` returns; checks the counts when its block ends."""
+
+    __slots__ = ("_before", "_entered", "_expected", "_target")
+
+    def __init__(
+        self,
+        target: HasStats,
+        *,
+        hits: int | None,
+        misses: int | None,
+        stale: int | None,
+        errors: int | None,
+        bypassed: int | None,
+    ) -> None:
+        self._target = target
+        self._expected = (
+            ("hits", hits),
+            ("misses", misses),
+            ("stale", stale),
+            ("errors", errors),
+            ("bypassed", bypassed),
         )
+        self._entered = False
+        self._before: CacheStats | None = None
+
+    def __enter__(self) -> None:
+        if self._entered:
+            raise RuntimeError("an expect_reads(...) block cannot be entered twice")
+        self._entered = True
+        self._before = self._target.stats
+
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        if exc_type is not None or self._before is None:
+            return
+        before, after = self._before, self._target.stats
+        delta = CacheStats(
+            hits=after.hits - before.hits,
+            misses=after.misses - before.misses,
+            stale_served=after.stale_served - before.stale_served,
+            backend_errors=after.backend_errors - before.backend_errors,
+            decode_errors=after.decode_errors - before.decode_errors,
+            bypassed=after.bypassed - before.bypassed,
+        )
+        counted = {
+            "hits": delta.hits,
+            "misses": delta.misses,
+            "stale": delta.stale_served,
+            "errors": delta.backend_errors + delta.decode_errors,
+            "bypassed": delta.bypassed,
+        }
+        wrong = [
+            f"{name}={counted[name]} (expected {want})"
+            for name, want in self._expected
+            if want is not None and want != counted[name]
+        ]
+        if wrong:
+            raise AssertionError(
+                f"unexpected reads in the block: {', '.join(wrong)}; all reads: {_describe(delta)}"
+            )
+
+    def __bool__(self) -> NoReturn:
+        # `assert expect_reads(...)` would pass without counting anything.
+        raise TypeError("expect_reads(...) checks nothing by itself: use `with expect_reads(...):`")
+
+    def __del__(self) -> None:
+        if not self._entered:
+            # As CPython does for a coroutine never awaited: the misuse is a bare call.
+            warnings.warn(
+                "expect_reads(...) was never entered, so it checked nothing: use it as "
+                "`with expect_reads(cache, ...):` around the reads",
+                RuntimeWarning,
+                stacklevel=1,
+            )
 
 
 def _describe(stats: CacheStats) -> str:
