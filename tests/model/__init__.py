@@ -1,0 +1,1 @@
+"""Model-based test of the whole cache against the consistency contract (issue 14)."""
