@@ -78,10 +78,9 @@ KNOWN_SEEDS = [
     # 1. read-your-writes / flight join: A.set(item:0, v10) returned, then A.get_or_set(item:0)
     #    in the same task joined A.item(0), in flight since before the set, and returned v9.
     pytest.param("fakeredis", 11, 150, 0.0, id="defect1-flight-join-fakeredis-seed11"),
-    # 2. tag index race: C.get_or_set(item:3) missed; B's invalidate_tags(row:3) landed between
-    #    its tag_add and its lease, so its result was never indexed; at quiescence
-    #    invalidate_tags(row:3) -> 0 and item(3) still returned v9 with the row at v11.
-    pytest.param("fakeredis", 10, 150, 0.0, id="defect2-entry-immune-to-tags-fakeredis-seed10"),
+    # 2. tag index race: A.stale(1)'s miss was stored without being indexed under its tags; at
+    #    quiescence invalidate_tags(row:1) -> 0 and stale(1) still returned v17 (row at v18).
+    pytest.param("fakeredis", 9, 200, 0.0, id="defect2-entry-immune-to-tags-fakeredis-seed9"),
     # 6a. a read already in flight across bump_version: C.get_or_set(item:2) started, then
     #    C.bump_version() returned; C.item(2), started after it, returned the pre-bump v7
     #    (db at v11). Also a case of 1 (bump_version is one of its invalidations).
