@@ -36,9 +36,11 @@ quoted BLAKE2b digest of the body. A GET or HEAD whose ``If-None-Match`` matches
 ``304 Not Modified`` without a body. Hits carry ``Age``; ``Cache-Control`` is the
 application's if it set one, else ``policy.cache_control``, else ``public|private, max-age=TTL``.
 
-``X-Cache`` says how each response was made: ``HIT`` (from the cache, or shared with a
-concurrent identical request), ``MISS`` (the route ran), ``STALE`` (the route failed or
-answered 5xx and ``stale_if_error`` served the previous response) or ``BYPASS``.
+``X-Cache`` says how each response was made: ``HIT`` (from the cache), ``SHARED`` (the route
+ran once for this and concurrent identical requests, whose answer this one shares; it says
+nothing about the cache, and is what a disabled cache gives too), ``MISS`` (the route ran),
+``STALE`` (the route failed or answered 5xx and ``stale_if_error`` served the previous
+response) or ``BYPASS``.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ __all__ = (
     "response_key_prefix",
 )
 
-XCache = Literal["HIT", "MISS", "STALE", "BYPASS"]
+XCache = Literal["HIT", "SHARED", "MISS", "STALE", "BYPASS"]
 """The values of the ``X-Cache`` response header."""
 
 _ENTRY_FORMAT: Final = 1
@@ -280,10 +282,13 @@ class _NotStorable(Exception):
 class _Flight:
     """What this request's fetch did, to tell a hit from a miss from a stale answer."""
 
-    __slots__ = ("error", "ran", "response")
+    __slots__ = ("error", "ran", "response", "saw_fetch")
 
     def __init__(self) -> None:
         self.ran = False
+        # Set when another request's fetch of the same key ran while this one waited: an
+        # answer this request did not fetch then came from that fetch, not from the cache.
+        self.saw_fetch = False
         self.error: Exception | None = None
         self.response: CapturedResponse | None = None
 
@@ -292,13 +297,25 @@ class _Flight:
 class ResponseCache:
     """Applies one `ResponseCachePolicy` to requests, reading and writing a `Cache`."""
 
-    __slots__ = ("_cache", "_covered", "_options", "_policy", "_vary_names")
+    __slots__ = (
+        "_cache",
+        "_covered",
+        "_fetching",
+        "_options",
+        "_policy",
+        "_vary_names",
+        "_waiting",
+    )
 
     def __init__(self, cache: Cache, policy: ResponseCachePolicy) -> None:
         self._cache = cache
         self._policy = policy
         self._vary_names = tuple(sorted({name.lower() for name in policy.vary}))
         self._covered = frozenset(self._vary_names)
+        # Per key, while any request for it is inside get_or_set: the requests waiting, and how
+        # many fetches run. Entries go when the last request leaves, so both stay small.
+        self._waiting: dict[str, set[_Flight]] = {}
+        self._fetching: dict[str, int] = {}
         options: PolicyOptions = {}
         if policy.stale_if_error is not None:
             options["stale_if_error"] = policy.stale_if_error
@@ -370,17 +387,28 @@ class ResponseCache:
 
         async def fetch() -> dict[str, object]:
             flight.ran = True
+            for other in self._waiting.get(key, ()):
+                other.saw_fetch = True
+            self._fetching[key] = self._fetching.get(key, 0) + 1
             try:
                 response = await produce()
             except Exception as exc:
                 flight.error = exc
                 raise
+            finally:
+                if self._fetching[key] == 1:
+                    del self._fetching[key]
+                else:
+                    self._fetching[key] -= 1
             if not self._storable(request, response):
                 flight.response = response
                 # The message reaches the log line of a stale-if-error answer.
                 raise _NotStorable(f"the route answered {response.status}, not stored")
             return _encode(self._prepare(response), time.time())
 
+        waiting = self._waiting.setdefault(key, set())
+        waiting.add(flight)
+        flight.saw_fetch = key in self._fetching
         try:
             entry = await self._cache.get_or_set(
                 key, fetch, ttl=self._policy.seconds, **self._options
@@ -392,6 +420,10 @@ class ResponseCache:
             # stored (it may set that client's cookie): this request runs the route itself.
             response = await produce()
             return await self._uncached(request, key, response)
+        finally:
+            waiting.discard(flight)
+            if not waiting:
+                del self._waiting[key]
         if flight.ran and (flight.error is not None or flight.response is not None):
             # get_or_set served the stale entry because fetch raised. That is right for a
             # failure, wrong for a definitive answer (a 404, a response with a cookie).
@@ -400,8 +432,10 @@ class ResponseCache:
             if flight.error is not None and is_final(flight.error):
                 raise flight.error
             outcome: XCache = "STALE"
+        elif flight.ran:
+            outcome = "MISS"
         else:
-            outcome = "MISS" if flight.ran else "HIT"
+            outcome = "SHARED" if flight.saw_fetch else "HIT"
         decoded = _decode(entry)
         if decoded is None:
             LOGGER.warning("cachetier: dropping the unreadable cached response at %s", key)
