@@ -9,7 +9,7 @@ Shortening. A key longer than ``max_length`` keeps its first characters (never f
 the namespace and version prefix) and ends in ``#`` plus a 32-hex-digit BLAKE2b digest of the
 whole key, so it stays unique, stable across processes, and reachable by prefix patterns.
 
-Reserved keys. The generation counter, tag indexes, locks and wake-up channels live under the
+Reserved keys. The generation counter, tag stamps, locks and wake-up channels live under the
 prefix too (an ACL limited to ``namespace:*`` reaches them), after a ``\\_`` that escaping never
 produces (it puts a backslash only before ``\\:*?[]``). A relative key given to a `Cache` method
 is written as is, so `KeyBuilder.full` refuses one that starts with it: no user key can clobber
@@ -302,7 +302,7 @@ class KeyBuilder:
         return self._prefix + _RESERVED + "ready:" + stored_key[len(self._prefix) :]
 
     def tag_key(self, tag: str) -> str:
-        """Returns the key of the index of entries tagged ``tag`` (an escaped part)."""
+        """Returns the key holding the stamp of ``tag`` (an escaped part)."""
         if not isinstance(tag, str):
             raise TypeError(f"tags must be str, not {type(tag).__name__}")
         _check_text(tag, "tag")

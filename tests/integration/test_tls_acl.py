@@ -37,8 +37,9 @@ WRONG_PASSWORD = "pw-WR0NG-guess"
 NAMESPACE = "cachetest"
 # What cachetier sends: reads and writes, INCRBY in MULTI/EXEC, SCAN + UNLINK for patterns,
 # the lock (SET NX, a GET + DEL script, PUBLISH/SUBSCRIBE), leases and guarded writes (SET NX,
-# a GET + SET script), tag indexes (sorted sets kept by scripts), PING and INFO for health
-# checks, and CLIENT SETNAME on each connection. Keys are limited to the cache's namespace.
+# a GET + SET script), tag stamps (strings read and replaced by scripts, kept alive with PTTL,
+# PEXPIRE and PERSIST), PING and INFO for health checks, and CLIENT SETNAME on each connection.
+# Keys are limited to the cache's namespace. The commands are the README's list, in its order.
 ACL_RULES = (
     "reset",
     "on",
@@ -58,6 +59,7 @@ ACL_RULES = (
             "exists",
             "pttl",
             "pexpire",
+            "persist",
             "incrby",
             "multi",
             "exec",
@@ -72,14 +74,6 @@ ACL_RULES = (
             "info",
             "client|setname",
             "select",
-            # Tags: the index scripts (TIME for their clock) and invalidation.
-            "time",
-            "zadd",
-            "zrem",
-            "zrange",
-            "zremrangebyscore",
-            "zcard",
-            "persist",
         )
     ),
 )

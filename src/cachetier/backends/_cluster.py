@@ -11,10 +11,8 @@ operation on several keys is split here, never left to fail:
   node: one round trip per primary.
 - `delete`: one UNLINK per slot, pipelined per node.
 - `scan`: SCAN on every primary in turn, each to its own cursor's end.
-- scripts (lock release, guarded writes, tag indexes, counters with a ttl) touch one key each;
-  tag stamps run one script per slot, the slots concurrently.
-- `tag_invalidate`: the index lives in one slot and its members anywhere, so it reads a batch
-  of members, UNLINKs them by slot, then removes them from the index.
+- scripts (lock release, guarded writes, counters with a ttl) touch one key each, and tag
+  stamps one slot each: one script per slot of the tag keys, the slots concurrently.
 - `invalidations` (for a `LocalTier`): each primary reports changes of its own keys only, so
   it follows one tracking connection per primary.
 """
@@ -42,7 +40,7 @@ from ._hosts import split_hosts
 from ._protocol import Notifications
 from ._redis_common import SingleKeyCommands, Subscription
 from ._redis_common import px as _px
-from ._scripts import RELEASE_LOCK, SET_IF, TAG_ADD, TAG_BUMP, TAG_STAMPS
+from ._scripts import RELEASE_LOCK, SET_IF, TAG_BUMP, TAG_STAMPS
 from ._tracking import TrackingChannel, follow
 from ._tracking import decode_keys as _decode_keys
 from .redis import _milliseconds
@@ -88,25 +86,6 @@ redis.call('INCRBY', KEYS[1], ARGV[1])
 return redis.call('GET', KEYS[1])
 """
 
-# Removes members from a tag index only if their score is still the one read before their
-# keys were UNLINKed. A member whose score changed was recorded again meanwhile (TAG_ADD) by a
-# computation that started after the UNLINK, and must stay indexed so that the next
-# invalidation finds the value it stores. Scores are compared as the server formats them
-# (ZRANGE WITHSCORES and ZSCORE format alike). A member recorded without expiry keeps the
-# score "inf" when recorded again, so for it that window stays open: the single-server
-# backend closes it by running the whole step in one script, which a cluster cannot do when
-# members lie in other slots. KEYS[1]: the index; ARGV: member, score, member, score ...
-# Returns how many were removed.
-_ZREM_UNCHANGED: Final = """
-local removed = 0
-for i = 1, #ARGV, 2 do
-    if redis.call('ZSCORE', KEYS[1], ARGV[i]) == ARGV[i + 1] then
-        removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
-    end
-end
-return removed
-"""
-
 
 @final
 class RedisClusterBackend(SingleKeyCommands):
@@ -138,10 +117,8 @@ class RedisClusterBackend(SingleKeyCommands):
         "_release",
         "_scripts_loaded",
         "_set_if",
-        "_tag_add",
         "_tag_bump",
         "_tag_stamps",
-        "_zrem_unchanged",
     )
 
     def __init__(self, client: RedisCluster, *, owns_client: bool = False) -> None:
@@ -165,9 +142,7 @@ class RedisClusterBackend(SingleKeyCommands):
         self._get = cast("Callable[[str], Awaitable[bytes | None]]", client.get)
         self._release = client.register_script(RELEASE_LOCK)
         self._set_if = client.register_script(SET_IF)
-        self._tag_add = client.register_script(TAG_ADD)
         self._incr_with_ttl = client.register_script(_INCR_WITH_TTL)
-        self._zrem_unchanged = client.register_script(_ZREM_UNCHANGED)
         self._tag_stamps = client.register_script(TAG_STAMPS)
         self._tag_bump = client.register_script(TAG_BUMP)
         # A plain client of one primary, for PUBLISH and SUBSCRIBE; made on first use.
@@ -473,11 +448,9 @@ class RedisClusterBackend(SingleKeyCommands):
         for script in (
             RELEASE_LOCK,
             SET_IF,
-            TAG_ADD,
             TAG_STAMPS,
             TAG_BUMP,
             _INCR_WITH_TTL,
-            _ZREM_UNCHANGED,
         ):
             await self._client.script_load(script)
         self._scripts_loaded = True
@@ -490,62 +463,6 @@ class RedisClusterBackend(SingleKeyCommands):
         for position, key in enumerate(keys):
             groups.setdefault(self._client.keyslot(key), []).append(position)
         return list(groups.values())
-
-    async def tag_add(self, tags: Sequence[str], member: str, ttl: float | None) -> None:
-        """Records ``member`` in the sorted set at each of ``tags``: one script call per tag.
-
-        Tags hash to different slots, so the indexes are updated concurrently, one key each.
-        """
-        if not tags:
-            return
-        px = "0" if ttl is None else _px(ttl)
-        try:
-            await self._scripts_ready()
-        except _CLUSTER_FAILURES as exc:
-            raise self._failure("SCRIPT LOAD", exc) from exc
-        results = await asyncio.gather(
-            *(self._tag_add(keys=[tag], args=[member, px]) for tag in tags),
-            return_exceptions=True,
-        )
-        for result in results:
-            if isinstance(result, _CLUSTER_FAILURES):
-                raise self._failure("EVALSHA (tag_add)", result) from result
-            if isinstance(result, BaseException):
-                raise result
-
-    async def tag_invalidate(self, tag: str, *, batch: int = 500) -> int:
-        """UNLINKs the keys indexed at ``tag``, ``batch`` at a time, then drops their entries.
-
-        Each step reads a batch of members with their scores, UNLINKs them (by slot), and
-        removes from the index only the members whose score has not changed meanwhile (a
-        member recorded again belongs to a newer computation). Keys go before their entries,
-        so a failure in between leaves keys indexed, never unreachable.
-        """
-        existed = 0
-        try:
-            # Members recorded while this runs are new entries; stop once the members present
-            # at the start could all have been removed, so a busy tag cannot keep us here.
-            remaining = int(await self._client.zcard(tag))
-            await self._scripts_ready()
-            while remaining > 0:
-                # Scores kept as the server wrote them, to compare them as text in the script.
-                scored = cast(
-                    "list[tuple[bytes, bytes]]",
-                    await self._client.zrange(
-                        tag, 0, batch - 1, withscores=True, score_cast_func=bytes
-                    ),
-                )
-                if not scored:
-                    break
-                members = [member for member, _ in scored]
-                existed += int(await self._client.unlink(*members))
-                await self._zrem_unchanged(
-                    keys=[tag], args=[part for pair in scored for part in pair]
-                )
-                remaining -= len(scored)
-        except _CLUSTER_FAILURES as exc:
-            raise self._failure("tag_invalidate", exc) from exc
-        return existed
 
     # -- invalidation messages for a local tier (TrackingBackend) ------------------------------
 

@@ -141,14 +141,13 @@ class LockingBackend(Protocol):
 
 @runtime_checkable
 class GuardedBackend(Protocol):
-    """A backend with the conditional writes and tag indexes that make invalidation race-safe.
+    """A backend with the conditional writes and tag stamps that make invalidation race-safe.
 
     `Cache` holds the key of a value being computed with a lease (`Backend.add`) and stores the
     result with `set_if` on that lease, so an invalidation that removed the lease meanwhile
     wins. Tags are versioned: `tag_stamps` reads (or creates) the stamp of each tag and
-    `tag_bump` replaces it. (`tag_add` and `tag_invalidate` keep the older index sets until the
-    cache no longer calls them.) Without this protocol a backend still caches, but tags are
-    refused and invalidation is not race-safe.
+    `tag_bump` replaces it. Without this protocol a backend still caches, but tags are refused
+    and invalidation is not race-safe.
     """
 
     async def set_if(self, key: str, expected: bytes, value: bytes, ttl: float | None) -> bool:
@@ -182,23 +181,6 @@ class GuardedBackend(Protocol):
     async def tag_bump(self, keys: Sequence[str], fresh: bytes, ttl: float) -> int:
         """Replaces the stamp at each of ``keys`` with ``fresh``, expiring in ``ttl`` seconds;
         returns how many of them held a stamp before."""
-        ...
-
-    async def tag_add(self, tags: Sequence[str], member: str, ttl: float | None) -> None:
-        """Records ``member`` (a key) in the index at each of ``tags`` for ``ttl`` seconds.
-
-        Members whose time is up are dropped as indexes grow, and an index expires once its
-        last member's time is up, so indexes stay bounded by the keys recorded in the last
-        ``ttl`` seconds. ``None`` records the member until it is invalidated.
-        """
-        ...
-
-    async def tag_invalidate(self, tag: str, *, batch: int = 500) -> int:
-        """Removes the keys indexed at ``tag`` and their index entries, ``batch`` at a time.
-
-        Returns how many keys existed. Each batch is one bounded step, so the store stays
-        responsive during a large invalidation.
-        """
         ...
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ("RELEASE_LOCK", "SET_IF", "TAG_ADD", "TAG_BUMP", "TAG_INVALIDATE", "TAG_STAMPS")
+__all__ = ("RELEASE_LOCK", "SET_IF", "TAG_BUMP", "TAG_STAMPS")
 
 # Releases a lock only while it still holds the releaser's token. Without the comparison, a
 # holder whose lock expired mid-computation would delete the lock that another process took
@@ -37,49 +37,6 @@ else
     redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 end
 return 1
-"""
-
-# Records a member key in tag indexes (sorted sets scored by when the member's time is up, in
-# server milliseconds). Members whose time is up go first, and each index expires with its
-# last member, so indexes hold only keys recorded within their TTL. Server time keeps every
-# client's scores on one clock. KEYS: the tag indexes; ARGV[1]: the member; ARGV[2]: its TTL
-# in milliseconds, "0" for none.
-TAG_ADD: Final = """
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local ttl = tonumber(ARGV[2])
-local score = '+inf'
-if ttl > 0 then
-    score = tostring(now + ttl)
-end
-for _, key in ipairs(KEYS) do
-    local existed = redis.call('EXISTS', key)
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. now)
-    redis.call('ZADD', key, score, ARGV[1])
-    if ttl == 0 then
-        redis.call('PERSIST', key)
-    else
-        local left = redis.call('PTTL', key)
-        if existed == 0 or (left >= 0 and left < ttl) then
-            redis.call('PEXPIRE', key, ttl)
-        end
-    end
-end
-return 0
-"""
-
-# Removes one batch of the keys a tag index holds, then their index entries (in that order, so
-# a failure in between leaves keys indexed, never unreachable by the next invalidation).
-# KEYS[1]: the index; ARGV[1]: the batch size. Returns {members removed, keys that existed}.
-# The member keys are not declared in KEYS: this script runs on one server, never a cluster.
-TAG_INVALIDATE: Final = """
-local members = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
-if #members == 0 then
-    return {0, 0}
-end
-local existed = redis.call('UNLINK', unpack(members))
-redis.call('ZREM', KEYS[1], unpack(members))
-return {#members, existed}
 """
 
 # Reads the stamp of each tag key, creating the absent ones with ARGV[1]. The GET and the SET

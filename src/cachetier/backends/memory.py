@@ -58,25 +58,6 @@ _INT64_MAX: Final = 2**63 - 1
 _CANONICAL_INT: Final = re.compile(rb"-?[1-9][0-9]{0,19}|0")
 
 
-_TAG_PRUNE_MIN: Final = 64
-"""Members an index may hold before its first pruning."""
-
-_TAG_GRACE: Final = 60.0
-"""Seconds a recorded member may wait for its key to be written before pruning may drop it."""
-
-
-@final
-class _TagIndex:
-    """The members (keys) recorded under one tag, each with when its time is up and when it
-    was recorded (clock readings)."""
-
-    __slots__ = ("members", "prune_at")
-
-    def __init__(self) -> None:
-        self.members: dict[str, tuple[float, float]] = {}
-        self.prune_at = _TAG_PRUNE_MIN
-
-
 def _check_limit(name: str, value: object) -> None:
     """Raises `ConfigurationError` unless ``value`` is a positive ``int`` or ``None``."""
     if value is None:
@@ -157,7 +138,6 @@ class MemoryBackend:
         "_max_entries",
         "_sweep_keys",
         "_sweep_pos",
-        "_tags",
         "_touch",
         "_used_bytes",
     )
@@ -183,7 +163,6 @@ class MemoryBackend:
         self._used_bytes = 0
         self._sweep_keys: list[str] = []
         self._sweep_pos = 0
-        self._tags: dict[str, _TagIndex] = {}
 
     def __repr__(self) -> str:
         return (
@@ -506,46 +485,6 @@ class MemoryBackend:
             # invalidates as well: an absent key is given a stamp nobody recorded.
             self._store(key, fresh, ttl, now)
         return held
-
-    async def tag_add(self, tags: Sequence[str], member: str, ttl: float | None) -> None:
-        """Records ``member`` in the index of each tag until ``ttl`` seconds from now.
-
-        An index is pruned each time it doubles in size, at O(1) amortized cost: of members
-        whose time is up, and of members whose key has been gone for a minute (evicted or
-        deleted; a key may be recorded a little before it is written).
-        """
-        if ttl is not None and not ttl > 0:
-            _check_ttl(member, ttl)
-        now = self._clock()
-        deadline = math.inf if ttl is None else now + ttl
-        for tag in tags:
-            index = self._tags.get(tag)
-            if index is None:
-                index = self._tags[tag] = _TagIndex()
-            index.members[member] = (deadline, now)
-            if len(index.members) >= index.prune_at:
-                self._prune(index, now)
-
-    async def tag_invalidate(self, tag: str, *, batch: int = 500) -> int:
-        """Removes the keys indexed at ``tag`` and the index; returns how many keys were live."""
-        index = self._tags.pop(tag, None)
-        if index is None:
-            return 0
-        return await self.delete(*index.members)
-
-    @property
-    def tag_members(self) -> int:
-        """Returns how many members all tag indexes hold, expired ones not yet pruned included."""
-        return sum(len(index.members) for index in self._tags.values())
-
-    def _prune(self, index: _TagIndex, now: float) -> None:
-        members = index.members
-        for member, (deadline, recorded) in list(members.items()):
-            if deadline <= now or (
-                recorded < now - _TAG_GRACE and self._live_entry(member, now) is None
-            ):
-                del members[member]
-        index.prune_at = max(_TAG_PRUNE_MIN, 2 * len(members))
 
     async def ping(self) -> None:
         """Returns at once: memory always answers."""

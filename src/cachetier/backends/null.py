@@ -82,13 +82,6 @@ class NullBackend:
         """Returns 0: no key ever holds a stamp."""
         return 0
 
-    async def tag_add(self, tags: Sequence[str], member: str, ttl: float | None) -> None:
-        """Records nothing."""
-
-    async def tag_invalidate(self, tag: str, *, batch: int = 500) -> int:
-        """Returns 0."""
-        return 0
-
     async def scan(self, pattern: str, *, count: int = 500) -> AsyncIterator[list[str]]:
         """Yields nothing."""
         nothing: list[list[str]] = []

@@ -28,7 +28,7 @@ from ._hosts import MAX_RETRIES, misplaced_at_problem
 from ._protocol import Notifications
 from ._redis_common import SingleKeyCommands, Subscription
 from ._redis_common import px as _px
-from ._scripts import RELEASE_LOCK, SET_IF, TAG_ADD, TAG_BUMP, TAG_INVALIDATE, TAG_STAMPS
+from ._scripts import RELEASE_LOCK, SET_IF, TAG_BUMP, TAG_STAMPS
 from ._tracking import TrackingChannel, follow, tracking_options
 from ._tracking import decode_keys as _decode_keys
 
@@ -95,9 +95,7 @@ class RedisBackend(SingleKeyCommands):
         "_owns_client",
         "_release",
         "_set_if",
-        "_tag_add",
         "_tag_bump",
-        "_tag_invalidate",
         "_tag_stamps",
     )
 
@@ -126,8 +124,6 @@ class RedisBackend(SingleKeyCommands):
         self._get = cast("Callable[[str], Awaitable[bytes | None]]", client.get)
         self._release = client.register_script(RELEASE_LOCK)
         self._set_if = client.register_script(SET_IF)
-        self._tag_add = client.register_script(TAG_ADD)
-        self._tag_invalidate = client.register_script(TAG_INVALIDATE)
         self._tag_stamps = client.register_script(TAG_STAMPS)
         self._tag_bump = client.register_script(TAG_BUMP)
 
@@ -438,34 +434,6 @@ class RedisBackend(SingleKeyCommands):
             await self._client.aclose()
         except _FAILURES as exc:
             raise self._failure("close", exc) from exc
-
-    # -- guarded writes and tags (GuardedBackend) --------------------------------------------
-
-    async def tag_add(self, tags: Sequence[str], member: str, ttl: float | None) -> None:
-        """Records ``member`` in the sorted sets at ``tags``, scored by server time (a Lua script)."""
-        if not tags:
-            return
-        try:
-            await self._tag_add(keys=list(tags), args=[member, "0" if ttl is None else _px(ttl)])
-        except _FAILURES as exc:
-            raise self._failure("EVALSHA (tag_add)", exc) from exc
-
-    async def tag_invalidate(self, tag: str, *, batch: int = 500) -> int:
-        """UNLINKs the keys indexed at ``tag`` one Lua step of ``batch`` keys at a time."""
-        existed = 0
-        try:
-            # Members recorded while this runs are new entries; stop once the members present
-            # at the start could all have been removed, so a busy tag cannot keep us here.
-            remaining = int(await self._client.zcard(tag))
-            while remaining > 0:
-                removed, found = await self._tag_invalidate(keys=[tag], args=[batch])
-                existed += int(found)
-                if not removed:
-                    break
-                remaining -= int(removed)
-        except _FAILURES as exc:
-            raise self._failure("EVALSHA (tag_invalidate)", exc) from exc
-        return existed
 
     # -- invalidation messages for a local tier (TrackingBackend) ----------------------------
 
