@@ -36,10 +36,8 @@ def _translate_set(pattern: str, i: int) -> tuple[str, int]:
             items.append(re.escape(pattern[i + 1]))
             i += 2
         elif i + 2 < n and pattern[i + 1] == "-" and pattern[i + 2] != "]":
+            # Redis takes a range's end as it stands: a backslash there escapes nothing.
             low, high = c, pattern[i + 2]
-            if high == "\\" and i + 3 < n:
-                high = pattern[i + 3]
-                i += 1
             if low > high:
                 low, high = high, low
             items.append(f"{re.escape(low)}-{re.escape(high)}")
