@@ -24,11 +24,11 @@ from typing_extensions import Self, Unpack
 
 from ._breaker import CircuitBreaker
 from ._cached import CachedFunction
-from ._engine import Engine, FetchSpec, check_tags
-from ._entry import EntrySigner
+from ._engine import Engine, FetchSpec, Opened, check_tags
+from ._entry import EntrySigner, new_stamp
 from ._errors import BackendError, ConfigurationError
 from ._health import HealthReport, check_health
-from ._keys import KeyBuilder
+from ._keys import KeyBuilder, check_key_collection
 from ._local import LocalTier
 from ._log import LOGGER
 from ._policy import PolicyOptions, build_policies
@@ -50,6 +50,9 @@ D = TypeVar("D")
 
 _DEFAULT_MAX_VALUE_BYTES: Final = 1024 * 1024
 _SCAN_BATCH: Final = 500
+_TAG_KEEP: Final = 60.0
+"""Seconds a tag's new stamp is kept after `Cache.invalidate_tags` unless an entry needs it
+longer: its entries from before are invalid whatever happens to it, so it may expire."""
 _DEFAULT_POLICIES: Final = build_policies()
 
 
@@ -322,6 +325,7 @@ class Cache:
             TypeError: a key is not a ``str``.
             BackendError: the backend failed and the cache is strict.
         """
+        check_key_collection(keys)
         relative = list(keys)
         if not relative:
             return {}
@@ -333,20 +337,37 @@ class Cache:
             for full_key in full:
                 self._engine.count(Outcome.BACKEND_ERROR, full_key, None)
             return {}
+        engine = self._engine
+        opened = [
+            None if data is None else engine.examine(f, data)
+            for f, data in zip(full, found, strict=True)
+        ]
+        # The tags of every tagged entry are checked together: one more round trip, not one
+        # per entry.
+        tagged = [entry for entry in opened if isinstance(entry, Opened) and entry.tag_keys]
+        if tagged and not await engine.tags_hold(
+            [key for entry in tagged for key in entry.tag_keys],
+            [stamp for entry in tagged for stamp in entry.stamps],
+        ):
+            # Some tag moved: check each entry alone to know which.
+            held = [await engine.tags_hold(entry.tag_keys, entry.stamps) for entry in tagged]
+            invalidated = {id(entry) for entry, ok in zip(tagged, held, strict=True) if not ok}
+        else:
+            invalidated = set()
         result: dict[str, object] = {}
-        now = self._engine.clock()
-        for key, full_key, data in zip(relative, full, found, strict=True):
-            if data is None:
-                self._engine.count(Outcome.MISS, full_key, None)
-                continue
-            outcome, value = self._engine.decode(
-                self._engine.unseal(full_key, data), self._engine.serializer.loads, now
-            )
+        now = engine.clock()
+        for key, full_key, entry in zip(relative, full, opened, strict=True):
+            outcome: Outcome
+            value: object
+            if entry is None or id(entry) in invalidated:
+                outcome, value = Outcome.MISS, MISSING
+            elif isinstance(entry, Opened):
+                outcome, value = engine.finish(entry, engine.serializer.loads, now)
+            else:
+                outcome, value = entry
             if outcome is Outcome.DECODE_ERROR:
-                await self._engine.drop_undecodable(full_key, value)
-            self._engine.count(
-                Outcome.MISS if outcome is Outcome.STALE else outcome, full_key, None
-            )
+                await engine.drop_undecodable(full_key, value)
+            engine.count(Outcome.MISS if outcome is Outcome.STALE else outcome, full_key, None)
             if outcome is Outcome.HIT:
                 result[key] = value
         return result
@@ -364,7 +385,7 @@ class Cache:
             self._engine.backend_failed("exists", exc)
             return False
         self._engine.succeeded()
-        return data is not None and self._engine.holds_value(data)
+        return data is not None and await self._engine.holds_value(full, data)
 
     async def ttl(self, key: str) -> float | None:
         """Returns the seconds ``key`` has left, ``math.inf`` if it never expires, ``None`` if absent.
@@ -401,14 +422,24 @@ class Cache:
         """
         full = self._keys.full(key)
         tag_names = check_tags(tags)
-        seconds = self._engine.jittered(self._ttl_seconds(ttl))
-        data = self._engine.encode(full, value, seconds, self._engine.serializer)
-        if data is None:
+        engine = self._engine
+        seconds = engine.jittered(self._ttl_seconds(ttl))
+        payload = engine.dumps(full, value, engine.serializer)
+        if payload is None:
             return False
-        self._engine.forget((full,))
-        if tag_names and not await self._engine.record_tags(full, tag_names, seconds):
-            return False
-        return await self._engine.write(full, data, seconds)
+        try:
+            generation = await engine.known_generation("set")
+            if generation is None:
+                return False
+            stamps: list[tuple[str, bytes]] | None = []
+            if tag_names:
+                stamps = await engine.stamp_tags(full, tag_names, seconds)
+            if stamps is None:
+                return False
+            data = engine.entry(full, payload, seconds, generation=generation, tags=stamps)
+            return await engine.write(full, data, seconds)
+        finally:
+            engine.changed((full,))
 
     async def add(self, key: str, value: object, ttl: TTLLike | None = None) -> bool:
         """Stores ``value`` only if ``key`` holds nothing; returns whether it was stored.
@@ -419,20 +450,26 @@ class Cache:
             BackendError: the backend failed and the cache is strict.
         """
         full = self._keys.full(key)
-        seconds = self._engine.jittered(self._ttl_seconds(ttl))
-        data = self._engine.encode(full, value, seconds, self._engine.serializer)
-        if data is None:
+        engine = self._engine
+        seconds = engine.jittered(self._ttl_seconds(ttl))
+        payload = engine.dumps(full, value, engine.serializer)
+        if payload is None:
             return False
-        self._engine.forget((full,))
+        generation = await engine.known_generation("add")
+        if generation is None:
+            return False
+        data = engine.entry(full, payload, seconds, generation=generation)
         try:
-            self._engine.gate("SET NX")
-            stored = await self._engine.backend.add(full, data, seconds)
+            engine.gate("SET NX")
+            stored = await engine.backend.add(full, data, seconds)
         except BackendError as exc:
-            self._engine.backend_failed("add", exc)
+            engine.backend_failed("add", exc)
             return False
-        self._engine.succeeded()
+        finally:
+            engine.changed((full,))
+        engine.succeeded()
         if stored:
-            self._engine.stats.sets += 1
+            engine.stats.sets += 1
         return stored
 
     async def set_many(self, mapping: Mapping[str, object], ttl: TTLLike | None = None) -> bool:
@@ -447,24 +484,33 @@ class Cache:
             BackendError: the backend failed and the cache is strict.
         """
         # One jitter for the batch: the backend writes it with a single TTL in one round trip.
-        seconds = self._engine.jittered(self._ttl_seconds(ttl))
-        items: dict[str, bytes] = {}
+        engine = self._engine
+        seconds = engine.jittered(self._ttl_seconds(ttl))
+        payloads: dict[str, bytes] = {}
         for key, value in mapping.items():
             full = self._keys.full(key)
-            data = self._engine.encode(full, value, seconds, self._engine.serializer)
-            if data is not None:
-                items[full] = data
-        if not items:
+            payload = engine.dumps(full, value, engine.serializer)
+            if payload is not None:
+                payloads[full] = payload
+        if not payloads:
             return not mapping
-        self._engine.forget(tuple(items))
-        try:
-            self._engine.gate("SET (many)")
-            await self._engine.backend.set_many(items, seconds)
-        except BackendError as exc:
-            self._engine.backend_failed("set_many", exc)
+        generation = await engine.known_generation("set_many")
+        if generation is None:
             return False
-        self._engine.succeeded()
-        self._engine.stats.sets += len(items)
+        items = {
+            full: engine.entry(full, payload, seconds, generation=generation)
+            for full, payload in payloads.items()
+        }
+        try:
+            engine.gate("SET (many)")
+            await engine.backend.set_many(items, seconds)
+        except BackendError as exc:
+            engine.backend_failed("set_many", exc)
+            return False
+        finally:
+            engine.changed(tuple(items))
+        engine.succeeded()
+        engine.stats.sets += len(items)
         return len(items) == len(mapping)
 
     async def delete(self, *keys: str) -> int:
@@ -477,13 +523,14 @@ class Cache:
         if not keys:
             return 0
         full = [self._keys.full(key) for key in keys]
-        self._engine.forget(full)
         try:
             self._engine.gate("UNLINK")
             deleted = await self._engine.backend.delete(*full)
         except BackendError as exc:
             self._engine.backend_failed("delete", exc)
             return 0
+        finally:
+            self._engine.changed(full)
         self._engine.succeeded()
         self._engine.stats.deletes += deleted
         return deleted
@@ -505,13 +552,14 @@ class Cache:
         if not isinstance(amount, int) or isinstance(amount, bool):
             raise TypeError(f"amount must be an int, not {type(amount).__name__}")
         full = self._keys.full(key)
-        self._engine.forget((full,))
         try:
             self._engine.gate("INCRBY")
             count = await self._engine.backend.incr(full, amount, self._ttl_seconds(ttl))
         except BackendError as exc:
             self._engine.backend_failed("incr", exc, always_raise=True)
             raise  # pragma: no cover - backend_failed raised already
+        finally:
+            self._engine.changed((full,))
         self._engine.succeeded()
         return count
 
@@ -675,8 +723,6 @@ class Cache:
         # leave that tag's entries beyond the reach of `invalidate_tags`.
         generation_key = self._engine.generation_key
         tag_prefix = self._keys.tag_key("")
-        if self._engine.local is not None:
-            self._engine.local.drop_matching(full_pattern)
         backend = self._engine.backend
         deleted = 0
         # Each batch's UNLINK runs while the next SCAN step is under way: one round trip per
@@ -708,6 +754,7 @@ class Cache:
                 # what it removed is counted and no task is left behind.
                 with contextlib.suppress(BackendError):
                     deleted += await asyncio.shield(unlinking)
+            self._engine.changed_matching(full_pattern)
         self._engine.stats.deletes += deleted
         return deleted
 
@@ -720,33 +767,34 @@ class Cache:
         return await self._delete_matching(self._keys.pattern("*"), tag_indexes=True)
 
     async def invalidate_tags(self, *tags: str) -> int:
-        """Removes every entry stored with any of ``tags``; returns how many there were.
+        """Invalidates every entry stored with any of ``tags``; returns how many of the tags
+        had entries that recorded them (they may have expired since).
 
-        Entries being computed when this runs are not stored when they finish: their result
-        may predate the change that made you invalidate. Costs one bounded step per 500 entries
-        of a tag, whatever the size of the cache.
+        One write per tag, whatever the number of entries: each tag holds a stamp that its
+        entries recorded, and this replaces it, so they are misses from now on, in every
+        process. Entries being computed when this runs recorded the old stamp and are misses
+        too: their result may predate the change that made you invalidate.
 
         Raises:
             TypeError: a tag is not a ``str``.
             BackendError: the backend failed and the cache is strict.
         """
         names = check_tags(tags)
-        if not names or not self._engine.guarded:
+        engine = self._engine
+        if not names or not engine.guarded:
             return 0
-        # Which local values carry these tags is not known here: drop them all.
-        self._engine.forget_all()
-        backend = cast("GuardedBackend", self._engine.backend)
-        removed = 0
+        backend = cast("GuardedBackend", engine.backend)
         try:
-            self._engine.gate("tag_invalidate")
-            for key in self._engine.tag_keys(names):
-                removed += await backend.tag_invalidate(key, batch=_SCAN_BATCH)
+            engine.gate("tag bump")
+            known = await backend.tag_bump(engine.tag_keys(names), new_stamp(), _TAG_KEEP)
         except BackendError as exc:
-            self._engine.backend_failed("invalidate_tags", exc)
-        else:
-            self._engine.succeeded()
-        self._engine.stats.deletes += removed
-        return removed
+            engine.backend_failed("invalidate_tags", exc)
+            return 0
+        finally:
+            # Which values in flight or in the local tier carry these tags is not known here.
+            engine.changed_all()
+        engine.succeeded()
+        return known
 
     async def bump_version(self) -> int:
         """Invalidates every entry of this namespace and version at once; returns the new generation.
@@ -763,13 +811,17 @@ class Cache:
         engine = self._engine
         try:
             engine.gate("INCR")
+            # A store that lost its generation starts it at random (see `learn_generation`),
+            # never at the 1 a bare INCR would give: an earlier life of the key may have had 1.
+            await engine.start_generation()
             generation = await engine.backend.incr(engine.generation_key)
         except BackendError as exc:
             engine.backend_failed("bump_version", exc, always_raise=True)
             raise  # pragma: no cover - backend_failed raised already
+        finally:
+            engine.changed_all()
         engine.succeeded()
-        engine.adopt_generation(generation)
-        engine.forget_all()
+        engine.bumped(generation)
         LOGGER.info(
             "cache %s:%s bumped to generation %d",
             self._keys.namespace,

@@ -49,7 +49,7 @@ _UNBOUND: Final = object()
 class _TemplateFormatter(string.Formatter):
     """Formats ``tags=`` templates over a call's arguments, refusing address-bearing text.
 
-    A tag is escaped as a whole when its index key is built, so values stay as they are.
+    A tag is escaped as a whole when its key is built, so values stay as they are.
     """
 
     what = "tag"
@@ -422,6 +422,7 @@ class CachedFunction(Generic[P, R]):
             functools.partial(self._func, *args, **kwargs),
             spec,
             tags=self._engine.resolve_tags(spec, args, kwargs),
+            force=True,
         )
         self._stats.refreshes += 1
         return cast("R", value)

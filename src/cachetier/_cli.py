@@ -23,8 +23,8 @@ from typing import Any, Final
 
 from . import _demo
 from ._cache import Cache
-from ._engine import LEASE_TTL
-from ._entry import HEADER, LEASE_PREFIX, MAGIC, SIGNED_MAGIC
+from ._engine import _COUNTER, _UNSIGNED, LEASE_TTL, Opened
+from ._entry import FORMAT, HEADER, LEASE_PREFIX, MAGIC, SIGNED_MAGIC
 from ._errors import BackendError, ConfigurationError
 from ._settings import CacheSettings, describe_backend_choice
 from ._types import MISSING, Outcome
@@ -43,7 +43,6 @@ _HEALTH_EXIT: Final = {"healthy": 0, "disabled": 0, "degraded": 1, "unhealthy": 
 _SCAN_BATCH: Final = 500
 
 # The entry format this version reads (byte 1 of an entry; see `cachetier._entry`).
-_ENTRY_FORMAT: Final = 2
 
 _DESCRIPTION: Final = f"""\
 Look at and invalidate the cache of a running application (cachetier {__version__}).
@@ -262,8 +261,8 @@ async def _inspect(cache: Cache, key: str) -> _Found:
             # MGET answers nil for a key of another Redis type.
             return _Found(
                 MISSING,
-                "the key holds a Redis type other than a string (a tag index, or data "
-                "another program wrote), not a cache entry",
+                "the key holds a Redis type other than a string (data another program "
+                "wrote), not a cache entry",
             )
         return _Found(MISSING, "absent or expired")
     if len(data) == len(LEASE_PREFIX) + 16 and data.startswith(LEASE_PREFIX):
@@ -273,48 +272,63 @@ async def _inspect(cache: Cache, key: str) -> _Found:
             f"{LEASE_TTL:g} s); its result is stored when it finishes, and reads treat the key "
             "as absent until then",
         )
-    entry = engine.unseal(full, data)
-    if not entry and engine.signer is not None:
-        return _undecodable(
-            "its signature does not verify with CACHE_SIGNING_KEY (unsigned, tampered with, "
-            "or written under another key)"
-        )
-    if entry[:1] == bytes((SIGNED_MAGIC,)):
+    if engine.signer is None and data[:1] == bytes((SIGNED_MAGIC,)):
         # The application, holding the key, may well read it: this is no fault of the entry.
         return _Found(
             MISSING,
             "it is a signed entry (Cache(signing_key=...)) and CACHE_SIGNING_KEY is not set "
             "here; set it as the application does to read the entry",
         )
-    if entry[:1] == bytes((MAGIC,)) and len(entry) >= 2 and entry[1] != _ENTRY_FORMAT:
+    if data[:1] == bytes((MAGIC,)) and len(data) >= 2 and data[1] != FORMAT:
         return _undecodable(
-            f"it has entry format {entry[1]}, from another version of cachetier (this one "
-            f"reads format {_ENTRY_FORMAT})"
+            f"it has entry format {data[1]}, from another version of cachetier (this one "
+            f"reads format {FORMAT})"
         )
     now = engine.clock()
-    outcome, value = engine.decode(entry, cache.serializer.loads, now)
+    opened = engine.examine(full, data)
+    if not isinstance(opened, Opened):
+        outcome, value = opened
+        if outcome is Outcome.DECODE_ERROR:
+            if engine.signer is not None and value == _UNSIGNED:
+                return _undecodable(
+                    "its signature does not verify with CACHE_SIGNING_KEY (unsigned, tampered "
+                    "with, or written under another key)"
+                )
+            return _undecodable(str(value))
+        if outcome is Outcome.HIT:
+            return _Found(value, "a counter (written by cache.incr)")
+        if _COUNTER.fullmatch(data):
+            return _Found(
+                MISSING,
+                "it holds a plain integer, which a signed cache never serves: read a counter "
+                "with cache.incr(key, 0)",
+            )
+        _, _, _, _, generation, _, _, _ = HEADER.unpack_from(data)
+        return _Found(
+            MISSING,
+            f"it was written at generation {generation}, but this namespace and version are "
+            f"at generation {engine.generation} (bump-version, or a store that lost its "
+            "generation); reads treat it as absent, and it stays until it expires or is "
+            "overwritten",
+        )
+    if opened.tag_keys and not await engine.tags_hold(opened.tag_keys, opened.stamps):
+        return _Found(
+            MISSING,
+            "one of its tags was invalidated after it was computed (invalidate --tag); reads "
+            "treat it as absent, and it stays until it expires or is overwritten",
+        )
+    outcome, value = engine.finish(opened, cache.serializer.loads, now)
     if outcome is Outcome.DECODE_ERROR:
         return _undecodable(str(value))
     if outcome is Outcome.HIT:
-        # `decode` returns a counter (plain digits, as INCRBY keeps them) as an int.
-        return _Found(
-            value, "" if entry[:1] == bytes((MAGIC,)) else "a counter (written by cache.incr)"
-        )
-    _, _, _, _, generation, _, fresh_until, _ = HEADER.unpack_from(entry)
-    if outcome is Outcome.STALE:
-        stale_since = datetime.fromtimestamp(fresh_until, timezone.utc)
-        return _Found(
-            MISSING,
-            f"its value went stale {now - fresh_until:.0f} s ago (at "
-            f"{stale_since:%Y-%m-%d %H:%M:%S} UTC); it is kept only for stale-while-revalidate "
-            "or stale-if-error, and a plain read treats it as absent",
-        )
-    # A MISS from `decode` that is not a lease: an entry of an earlier generation.
+        return _Found(value, "")
+    fresh_until = HEADER.unpack_from(opened.data)[6]
+    stale_since = datetime.fromtimestamp(fresh_until, timezone.utc)
     return _Found(
         MISSING,
-        f"it was written at generation {generation}, before bump-version moved this "
-        f"namespace and version to generation {engine.generation}; reads treat it as absent, "
-        "and it stays until it expires or is overwritten",
+        f"its value went stale {now - fresh_until:.0f} s ago (at "
+        f"{stale_since:%Y-%m-%d %H:%M:%S} UTC); it is kept only for stale-while-revalidate "
+        "or stale-if-error, and a plain read treats it as absent",
     )
 
 

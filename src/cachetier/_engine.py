@@ -16,15 +16,18 @@ import logging
 import math
 import random
 import re
+import secrets
 import struct
 import time
-from collections.abc import Callable, Iterable, Mapping
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Any, Final, cast, final
 
 from ._breaker import CircuitBreaker
 from ._entry import (
+    FORMAT,
     GUARD_SIZE,
     HEADER_SIZE,
     LEASE_PREFIX,
@@ -32,14 +35,18 @@ from ._entry import (
     SIGNED_MAGIC,
     EntrySigner,
     encode_entry,
+    entry_tags,
     new_lease,
+    new_stamp,
 )
 from ._errors import (
     BackendError,
     CircuitOpenError,
     CounterError,
     SerializationError,
+    ValueRejected,
 )
+from ._glob import compile_glob
 from ._keys import KeyBuilder
 from ._local import LocalState, LocalTier
 from ._locking import compute_locked
@@ -52,9 +59,8 @@ from ._types import MISSING, Clock, Outcome
 from .backends._protocol import Backend, GuardedBackend, LockingBackend, TrackingBackend
 from .serializers import Serializer
 
-__all__ = ("LEASE_TTL", "Engine", "FetchSpec", "check_tags")
+__all__ = ("LEASE_TTL", "Engine", "FetchSpec", "Opened", "check_tags")
 
-_FORMAT: Final = 2
 # Bound once: asked on every read, and the logging module caches its answer per level.
 _debug_enabled: Final = LOGGER.isEnabledFor
 _GENERATION: Final = struct.Struct("<I")
@@ -64,6 +70,10 @@ _FRESH: Final = struct.Struct("<d")
 _FRESH_OFFSET: Final = 16
 _DELTA: Final = struct.Struct("<f")
 _DELTA_OFFSET: Final = 24
+# Where a store's first generation starts: random, so that no two lifetimes of a generation key
+# (flushed, restarted, evicted) can agree by chance on a generation that entries recorded.
+_GENERATION_FLOOR: Final = 1 << 20
+_GENERATION_SPAN: Final = (1 << 31) - _GENERATION_FLOOR
 LEASE_TTL: Final = 60.0
 """Seconds a lease holds the key of a value being computed; a longer computation is not stored."""
 _UNGUARDED: Final = b""
@@ -131,6 +141,8 @@ class Engine:
         "generation_due",
         "generation_interval",
         "generation_key",
+        "generation_seen",
+        "generation_sent",
         "guarded",
         "hooks",
         "jitter",
@@ -173,11 +185,8 @@ class Engine:
         self.generation_key = keys.generation_key()
         self.failures = RateLimitedLog()
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.set_backend(backend)
-        # The namespace generation (`Cache.bump_version`) as last read; `set_backend` made the
-        # next read fetch it along with its entry.
-        self.adopt_generation(0)
         self.generation_interval = generation_interval
+        self.set_backend(backend)
         self.breaker = breaker
         self.signer = signer
         # True inside `Cache.bypass()` blocks of the current task (and tasks it starts).
@@ -205,8 +214,14 @@ class Engine:
         # Latency is timed for backends that do I/O; an in-process one would only pay for it.
         self.timing: bool = self.merge_reads and self.timing_wanted
         self.guarded: bool = isinstance(backend, GuardedBackend)
-        # Another store may be at another generation: learn it with the next read.
+        # The namespace generation (`Cache.bump_version`) of this store is unknown until a read
+        # or a write learns it (`learn_generation`); until then every read asks for it.
+        self.generation: int | None = None
+        self.generation_bytes = b""
         self.generation_due = -math.inf
+        # Generation reads sent, and the latest one whose answer was adopted (see `learn`).
+        self.generation_sent = 0
+        self.generation_seen = 0
         if self.local is not None:
             self.local.live = False
             self.local.clear()
@@ -306,7 +321,8 @@ class Engine:
 
         A call the breaker skipped (`CircuitOpenError`) is not a new failure.
         """
-        if not isinstance(exc, CircuitOpenError | CounterError):
+        if not isinstance(exc, CircuitOpenError | CounterError | ValueRejected):
+            # A refused value is the value's fault, not a sign the backend is down.
             self.breaker.failed()
         if self.strict or always_raise:
             raise exc
@@ -325,16 +341,8 @@ class Engine:
             return seconds
         return seconds * (1.0 - random.random() * self.jitter)  # noqa: S311  # spreading expiry, not security
 
-    def encode(
-        self,
-        full: str,
-        value: object,
-        seconds: float | None,
-        codec: Serializer,
-        delta: float = 0.0,
-        generation: int | None = None,
-    ) -> bytes | None:
-        """Returns the stored form of ``value`` fresh for ``seconds``, or ``None`` when too large.
+    def dumps(self, full: str, value: object, codec: Serializer) -> bytes | None:
+        """Returns the payload of ``value``, or ``None`` (logged) when it is too large to cache.
 
         Raises:
             SerializationError: ``codec`` cannot encode ``value``.
@@ -349,14 +357,27 @@ class Engine:
                 self.max_value_bytes,
             )
             return None
+        return payload
+
+    def entry(
+        self,
+        full: str,
+        payload: bytes,
+        seconds: float | None,
+        *,
+        generation: int,
+        delta: float = 0.0,
+        tags: Sequence[tuple[str, bytes]] = (),
+    ) -> bytes:
+        """Returns the stored form of ``payload``: fresh for ``seconds``, signed if signing."""
         now = self.clock()
-        fresh_until = 0.0 if seconds is None else now + seconds
         data = encode_entry(
             payload,
             created=now,
-            fresh_until=fresh_until,
+            fresh_until=0.0 if seconds is None else now + seconds,
             delta=delta,
-            generation=self.generation if generation is None else generation,
+            generation=generation,
+            tags=tags,
         )
         return data if self.signer is None else self.signer.seal(full, data)
 
@@ -400,8 +421,9 @@ class Engine:
         value: object,
         spec: FetchSpec,
         delta: float,
-        guard: bytes = _UNGUARDED,
-        generation: int | None = None,
+        guard: bytes,
+        generation: int,
+        tags: Sequence[tuple[str, bytes]],
     ) -> bool:
         """Stores a computed value; a value that cannot be stored is logged, never raised.
 
@@ -409,12 +431,13 @@ class Engine:
         """
         seconds = self.jittered(spec.ttl)
         try:
-            data = self.encode(full, value, seconds, spec.codec, delta, generation)
+            payload = self.dumps(full, value, spec.codec)
         except SerializationError as exc:
             self.failures.warning("serialize", "not caching %s: %s", full, exc)
             return False
-        if data is None:
+        if payload is None:
             return False
+        data = self.entry(full, payload, seconds, generation=generation, delta=delta, tags=tags)
         physical = None if seconds is None else seconds + spec.freshness.keep_after_ttl
         if not await self.write(full, data, physical, guard):
             return False
@@ -424,73 +447,128 @@ class Engine:
 
     # -- guarding computations against invalidation -------------------------------------------
 
-    def forget(self, keys: list[str] | tuple[str, ...]) -> None:
-        """Drops ``keys`` from the local tier, if any, after this process changed them."""
+    def changed(self, keys: list[str] | tuple[str, ...]) -> None:
+        """Forgets what this process read or is computing of ``keys``: it changed them.
+
+        Called when a write or an invalidation of ``keys`` has returned (or failed, since a
+        failed call may still have reached the store): from then on, no caller may be handed
+        a read or a computation that was under way before, since it may hold what the keys
+        held before the change. Reads and computations under way finish for their own
+        callers; the local tier keeps nothing they bring back.
+        """
+        self.shared.detach(keys)
+        self.flights.detach(keys)
         if self.local is not None:
             self.local.drop(keys)
 
-    def forget_all(self) -> None:
-        """Empties the local tier, if any."""
+    def changed_matching(self, full_pattern: str) -> None:
+        """Like `changed`, for the keys that match a Redis glob (`Cache.delete_pattern`)."""
+        matches = compile_glob(full_pattern).fullmatch
+        self.shared.detach([key for key in self.shared.reads if matches(key)])
+        self.flights.detach([key for key in self.flights.running() if matches(key)])
+        if self.local is not None:
+            self.local.drop_matching(full_pattern)
+
+    def changed_all(self) -> None:
+        """Like `changed`, for every key of this cache (tags, patterns, versions, clear)."""
+        self.shared.detach()
+        self.flights.detach()
         if self.local is not None:
             self.local.clear()
 
-    def holds_value(self, data: bytes) -> bool:
-        """Returns whether stored ``data`` is a value: not a lease, not of an earlier generation."""
+    async def holds_value(self, full: str, data: bytes) -> bool:
+        """Returns whether ``data`` stored at ``full`` is a value: not a lease, not of another
+        generation, not invalidated through a tag."""
         if _is_lease(data):
             return False
-        if len(data) >= HEADER_SIZE and data[0] in _ENTRY_MAGICS and data[1] == _FORMAT:
+        if len(data) >= HEADER_SIZE and data[0] in _ENTRY_MAGICS and data[1] == FORMAT:
             # Signed entries keep the header's layout, generation included.
-            return self.current(data)
+            if not self.current(data):
+                return False
+            opened = self.examine(full, data)
+            if isinstance(opened, Opened) and opened.tag_keys:
+                return await self.tags_hold(opened.tag_keys, opened.stamps)
         return True
 
-    async def record_tags(self, full: str, tags: tuple[str, ...], seconds: float | None) -> bool:
-        """Records ``full`` under ``tags`` for ``seconds``; returns ``False`` when it could not,
-        and the value must then not be cached: an entry that `Cache.invalidate_tags` cannot
-        reach would be served stale."""
+    async def tags_hold(self, keys: list[str], stamps: list[bytes]) -> bool:
+        """Returns whether every tag key still holds the stamp an entry recorded.
+
+        A backend failure answers ``False``: an entry whose tags cannot be checked is a miss.
+        """
+        try:
+            self.gate("MGET (tags)")
+            current = await self.backend.get_many(keys)
+        except BackendError as exc:
+            self.backend_failed("tags", exc)
+            return False
+        self.succeeded()
+        return current == stamps
+
+    async def stamp_tags(
+        self, full: str, tags: tuple[str, ...], seconds: float | None
+    ) -> list[tuple[str, bytes]] | None:
+        """Returns (tag key, stamp) for each of ``tags``, to record in the entry of ``full``.
+
+        Taken before the value is computed, so that an invalidation of any of the tags from
+        now on changes a stamp and the entry is never served. Each tag key is kept at least
+        ``seconds``. Returns ``None`` when the stamps cannot be had (the backend failed, or
+        keeps no tags): the value must then not be cached, since `Cache.invalidate_tags`
+        could not reach it.
+        """
         if not self.guarded:
             self.failures.warning(
                 "tags",
-                "not caching %s: its backend %s keeps no tag indexes",
+                "not caching %s: its backend %s keeps no tags",
                 full,
                 self.backend.kind,
             )
-            return False
+            return None
+        keys = self.tag_keys(tags)
         try:
-            self.gate("tag_add")
-            await cast("GuardedBackend", self.backend).tag_add(self.tag_keys(tags), full, seconds)
+            self.gate("tag stamps")
+            stamps = await cast("GuardedBackend", self.backend).tag_stamps(
+                keys, new_stamp(), seconds
+            )
         except BackendError as exc:
-            self.backend_failed("tag_add", exc)
-            return False
+            self.backend_failed("tag stamps", exc)
+            return None
         self.succeeded()
-        return True
+        return list(zip(keys, stamps, strict=True))
 
     def tag_keys(self, tags: tuple[str, ...]) -> list[str]:
-        """Returns the index keys of ``tags``."""
+        """Returns the keys that hold the stamps of ``tags``."""
         return [self.keys.tag_key(tag) for tag in tags]
 
-    async def begin(
-        self, full: str, seen: bytes | None, spec: FetchSpec, tags: tuple[str, ...]
-    ) -> bytes | None:
-        """Prepares to compute ``full``: records its tags, and returns the guard of its write.
+    async def known_generation(self, operation: str) -> int | None:
+        """Returns the generation to write with, learning it first if due; ``None`` when the
+        backend failed open (logged, counted)."""
+        if self.generation is not None and self.clock() < self.generation_due:
+            return self.generation
+        try:
+            self.gate(operation)
+            await self.ensure_generation()
+        except BackendError as exc:
+            self.backend_failed(operation, exc)
+            return None
+        self.succeeded()
+        return self.generation
+
+    async def begin(self, full: str, seen: bytes | None) -> bytes | None:
+        """Prepares to compute ``full``: returns the guard of its write.
 
         The guard is what the key holds before the computation reads anything: the leading
         bytes of the entry there (``seen``, as the miss read it), or else a new lease put
-        there. Every invalidation removes or replaces it, so a write conditional on it
-        (`write`) stores only values computed after the last invalidation. Returns ``None``
-        when the result must not be stored: another computation holds the key, tags cannot be
-        recorded, or the backend failed.
+        there. Every invalidation of the key removes or replaces it, so a write conditional
+        on it (`write`) stores only values computed after the last invalidation. Returns
+        ``None`` when the result must not be stored: another computation holds the key, or
+        the backend failed. Also learns the generation if not known, to write with.
         """
-        # Tags first, before the computation reads anything, so an invalidation of a tag from
-        # now on finds this key (its lease, or the entry being refreshed) and removes it.
-        ttl = spec.ttl
-        if tags and not await self.record_tags(
-            full, tags, None if ttl is None else ttl + spec.freshness.keep_after_ttl + LEASE_TTL
-        ):
-            return None
-        if not self.guarded:
-            return _UNGUARDED
         try:
             self.gate("SET NX (lease)")
+            await self.ensure_generation()
+            if not self.guarded:
+                self.succeeded()
+                return _UNGUARDED
             if seen is not None and not _is_lease(seen):
                 self.succeeded()
                 return seen[:GUARD_SIZE]
@@ -521,37 +599,63 @@ class Engine:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def unseal(self, full: str, data: bytes) -> bytes:
-        """Returns ``data`` with its signature checked and removed (``b""`` if it fails).
+    def examine(self, full: str, data: bytes) -> Opened | tuple[Outcome, object]:
+        """Opens stored ``data`` as far as it can be without decoding its value.
 
-        Without a signing key, ``data`` is returned as it is. Counters are plain integers
-        (INCRBY needs them so) and pass unsigned.
+        Returns the entry (signature checked and removed, tags parsed), or the final outcome:
+        (HIT, int) for a counter, (MISS, `MISSING`) for a lease, an entry of another
+        generation or, in a signed cache, a plain integer, or (DECODE_ERROR, the reason).
         """
-        if self.signer is None or _is_lease(data) or _COUNTER.fullmatch(data):
-            return data
-        return self.signer.open(full, data) or b""
-
-    def decode(
-        self, data: bytes, loads: Callable[[bytes], object], now: float
-    ) -> tuple[Outcome, object]:
-        """Returns (HIT or STALE, value), (MISS, `MISSING`) for a lease or an entry of an
-        earlier generation, or (DECODE_ERROR, the reason as text)."""
-        if len(data) < HEADER_SIZE or data[0] != MAGIC or data[1] != _FORMAT:
-            if _COUNTER.fullmatch(data):
-                return Outcome.HIT, int(data)
-            if _is_lease(data):
+        if _is_lease(data):
+            return Outcome.MISS, MISSING
+        if _COUNTER.fullmatch(data):
+            if self.signer is not None:
+                # A plain integer cannot be told from a counter (INCRBY needs them unsigned),
+                # and anyone who can write to the store can write one: a signed cache serves
+                # none, and drops none either. `incr(key, 0)` reads a counter.
                 return Outcome.MISS, MISSING
+            return Outcome.HIT, int(data)
+        if self.signer is not None:
+            opened = self.signer.open(full, data)
+            if opened is None:
+                return Outcome.DECODE_ERROR, _UNSIGNED
+            data = opened
+        if len(data) < HEADER_SIZE or data[0] != MAGIC or data[1] != FORMAT:
             return Outcome.DECODE_ERROR, "not a cachetier entry (foreign or corrupt value)"
         if not self.current(data):
             return Outcome.MISS, MISSING
+        try:
+            keys, stamps, offset = entry_tags(data)
+        except (ValueError, IndexError, struct.error) as exc:
+            return Outcome.DECODE_ERROR, f"its tag section is unreadable: {exc}"
+        return Opened(data, keys, stamps, offset)
+
+    @staticmethod
+    def finish(
+        opened: Opened, loads: Callable[[bytes], object], now: float
+    ) -> tuple[Outcome, object]:
+        """Decodes an entry whose tags hold: (HIT or STALE, value) or (DECODE_ERROR, reason)."""
+        data = opened.data
         fresh_until = _FRESH.unpack_from(data, _FRESH_OFFSET)[0]
         try:
-            value = loads(data[HEADER_SIZE:])
+            value = loads(data[opened.offset :])
         except SerializationError as exc:
             return Outcome.DECODE_ERROR, str(exc)
         if not (not fresh_until or now < fresh_until):  # as in through(): NaN is never fresh
             return Outcome.STALE, value
         return Outcome.HIT, value
+
+    async def decode(
+        self, full: str, data: bytes, loads: Callable[[bytes], object], now: float
+    ) -> tuple[Outcome, object]:
+        """Returns what stored ``data`` means for a plain read: see `examine` and `finish`;
+        an entry invalidated through one of its tags is (MISS, `MISSING`)."""
+        opened = self.examine(full, data)
+        if not isinstance(opened, Opened):
+            return opened
+        if opened.tag_keys and not await self.tags_hold(opened.tag_keys, opened.stamps):
+            return Outcome.MISS, MISSING
+        return self.finish(opened, loads, now)
 
     async def read(self, full: str, loads: Callable[[bytes], object]) -> tuple[Outcome, object]:
         """Reads and decodes one entry for `Cache.get`; counts the outcome."""
@@ -578,19 +682,24 @@ class Engine:
             self.count(Outcome.MISS, full)
             return Outcome.MISS, MISSING
         now = self.clock()
-        outcome, value = self.decode(self.unseal(full, data), loads, now)
+        opened = self.examine(full, data)
+        if not isinstance(opened, Opened):
+            outcome, value = opened
+        elif opened.tag_keys and not await self.tags_hold(opened.tag_keys, opened.stamps):
+            outcome, value = Outcome.MISS, MISSING
+        else:
+            outcome, value = self.finish(opened, loads, now)
         if outcome is Outcome.HIT:
             self.count(outcome, full)
-            if local is not None:
-                fresh_until = (
-                    _FRESH.unpack_from(data, _FRESH_OFFSET)[0] if len(data) >= HEADER_SIZE else 0.0
-                )
+            if local is not None and isinstance(opened, Opened):
+                fresh_until = _FRESH.unpack_from(opened.data, _FRESH_OFFSET)[0]
                 local.keep(
                     full,
                     self.serializer,
                     value,
                     min(fresh_until or math.inf, now + local.settings.ttl),
                     seq,
+                    opened.tag_keys,
                 )
             return outcome, value
         if outcome is Outcome.DECODE_ERROR:
@@ -616,71 +725,106 @@ class Engine:
         """GETs ``full``; every ``generation_interval`` seconds, with the generation in one MGET.
 
         Keeping up with `bump_version` in other processes so costs no round trip of its own.
-        One read at a time carries the generation; reads meanwhile use the one known.
+        One read at a time carries the generation; reads meanwhile use the one known, except
+        while none is known: then every read asks.
         """
-        if self.clock() < self.generation_due:
+        if self.generation is not None and self.clock() < self.generation_due:
             return await self.backend.get(full)
         self.generation_due = self.clock() + self.generation_interval
+        self.generation_sent = sent = self.generation_sent + 1
         data, generation = await self.backend.get_many([full, self.generation_key])
-        self.learn_generation(generation)
+        await self.learn_generation(generation, sent)
         return data
 
     async def load_many(self, keys: list[str]) -> list[bytes | None]:
         """GETs ``keys`` in one MGET, fetching the generation too when it is due."""
         self.gate("MGET")
-        due = self.clock() >= self.generation_due
-        if due:
+        due = self.generation is None or self.clock() >= self.generation_due
+        if not due:
+            found = await self.backend.get_many(keys)
+        else:
             self.generation_due = self.clock() + self.generation_interval
-        found = await self.backend.get_many([*keys, self.generation_key] if due else keys)
-        if due:
-            self.learn_generation(found.pop())
+            self.generation_sent = sent = self.generation_sent + 1
+            found = await self.backend.get_many([*keys, self.generation_key])
+            await self.learn_generation(found.pop(), sent)
         self.succeeded()
         return found
 
-    def learn_generation(self, raw: bytes | None) -> None:
-        """Adopts the generation counter as read from the backend (absent: 0)."""
-        self.adopt_generation(int(raw) if raw is not None and _COUNTER.fullmatch(raw) else 0)
+    async def ensure_generation(self) -> None:
+        """Learns the generation unless known and checked within ``generation_interval``.
+
+        A write must record the generation readers check: one written under a generation
+        another process has since bumped would be stored, and then never read.
+        """
+        if self.generation is not None and self.clock() < self.generation_due:
+            return
+        self.generation_due = self.clock() + self.generation_interval
+        self.generation_sent = sent = self.generation_sent + 1
+        await self.learn_generation(await self.backend.get(self.generation_key), sent)
+
+    async def learn_generation(self, raw: bytes | None, sent: int) -> None:
+        """Adopts the generation as read by the ``sent``-th generation read.
+
+        An answer older than one already adopted, or than this process's own `bump_version`,
+        is ignored: replies on different connections arrive in any order, and adopting a
+        stale one would make entries from before a bump current again. A store that holds
+        no generation (new, flushed, restarted without persistence, or evicted it) is given
+        a random one, never a fixed start: entries written under any earlier generation can
+        then never match it by accident.
+        """
+        if raw is None or not _COUNTER.fullmatch(raw):
+            raw = await self.start_generation()
+        if sent <= self.generation_seen:
+            return
+        self.generation_seen = sent
+        self.adopt_generation(int(raw) if _COUNTER.fullmatch(raw) else zlib.crc32(raw))
+
+    async def start_generation(self) -> bytes:
+        """Stores a random generation unless one is there; returns the one stored."""
+        start = secrets.randbelow(_GENERATION_SPAN) + _GENERATION_FLOOR
+        if await self.backend.add(self.generation_key, str(start).encode(), None):
+            return str(start).encode()
+        return await self.backend.get(self.generation_key) or str(start).encode()
 
     def adopt_generation(self, generation: int) -> None:
         """Makes ``generation`` the one entries are checked against and written with."""
         generation &= 0xFFFFFFFF
+        if generation != self.generation and self.generation is not None:
+            # Another process bumped (or the store lost its generation): nothing this
+            # process remembers from before is current.
+            self.changed_all()
         self.generation = generation
         self.generation_bytes = _GENERATION.pack(generation)
+
+    def bumped(self, generation: int) -> None:
+        """Adopts the generation this process's `bump_version` just set.
+
+        Generation reads sent before it are answered with what was there before: ignored.
+        """
+        self.generation_sent = self.generation_seen = self.generation_sent + 1
+        self.adopt_generation(generation)
+        self.changed_all()
 
     def current(self, data: bytes) -> bool:
         """Returns whether the entry ``data`` (header checked) is of the current generation.
 
-        The counter only grows, so an entry of a later generation than the one known proves
-        that generation was reached: it is adopted, and the entry is current.
+        Only an equal generation is current: a store's generation may restart (a flush, a
+        restart, an eviction) at any value, so no order between generations means anything.
+        An entry of another generation makes the next read learn the generation again, in
+        case another process has just bumped it.
         """
         if data[_GENERATION_OFFSET:_GENERATION_END] == self.generation_bytes:
             return True
-        generation = _GENERATION.unpack_from(data, _GENERATION_OFFSET)[0]
-        if generation < self.generation:
-            return False
-        self.adopt_generation(generation)
-        return True
+        self.generation_due = -math.inf
+        return False
 
     async def peek(self, full: str, codec: Serializer) -> Any:
         """Returns the fresh value at ``full``, or `MISSING`; counts nothing."""
         data = await self.backend.get(full)
-        if data is not None and self.signer is not None:
-            data = self.signer.open(full, data)
-        if (
-            data is None
-            or len(data) < HEADER_SIZE
-            or data[0] != MAGIC
-            or data[1] != _FORMAT
-            or not self.current(data)
-        ):
+        if data is None:
             return MISSING
-        fresh_until = _FRESH.unpack_from(data, _FRESH_OFFSET)[0]
-        if fresh_until and not self.clock() < fresh_until:
-            return MISSING
-        try:
-            return codec.loads(data[HEADER_SIZE:])
-        except SerializationError:
-            return MISSING
+        outcome, value = await self.decode(full, data, codec.loads, self.clock())
+        return value if outcome is Outcome.HIT else MISSING
 
     # -- read-through -------------------------------------------------------------------------
 
@@ -745,19 +889,38 @@ class Engine:
                 seen = None
             data = opened
         if data is not None:
-            if len(data) >= HEADER_SIZE and data[0] == MAGIC and data[1] == _FORMAT:
+            if len(data) >= HEADER_SIZE and data[0] == MAGIC and data[1] == FORMAT:
                 fresh_until = _FRESH.unpack_from(data, _FRESH_OFFSET)[0]
                 now = self.clock()
                 freshness = spec.freshness
                 fresh = not fresh_until or now < fresh_until
+                offset = HEADER_SIZE
+                tag_keys: list[str] = []
+                gone = False
                 if data[_GENERATION_OFFSET:_GENERATION_END] != self.generation_bytes and (
                     not self.current(data)
                 ):
                     # Written before `bump_version`: neither fresh nor stale, only gone.
+                    gone = True
                     self.count(Outcome.MISS, full, function_stats)
+                elif data[2]:
+                    try:
+                        tag_keys, stamps, offset = entry_tags(data)
+                    except (ValueError, IndexError, struct.error) as exc:
+                        await self.drop_undecodable(full, f"its tag section is unreadable: {exc}")
+                        self.count(Outcome.DECODE_ERROR, full, function_stats)
+                        gone = True
+                        seen = None
+                    else:
+                        if not await self.tags_hold(tag_keys, stamps):
+                            # Invalidated through a tag: gone, not even stale.
+                            gone = True
+                            self.count(Outcome.MISS, full, function_stats)
+                if gone:
+                    pass
                 elif fresh or (freshness.stale_ttl and now < fresh_until + freshness.stale_ttl):
                     try:
-                        value = spec.codec.loads(data[HEADER_SIZE:])
+                        value = spec.codec.loads(data[offset:])
                     except SerializationError as exc:
                         await self.drop_undecodable(full, exc)
                         self.count(Outcome.DECODE_ERROR, full, function_stats)
@@ -791,6 +954,7 @@ class Engine:
                                 value,
                                 min(fresh_until or math.inf, now + local.settings.ttl),
                                 seq,
+                                tag_keys,
                             )
                         beta = freshness.early_refresh_beta
                         if beta and fresh_until:
@@ -806,7 +970,7 @@ class Engine:
                         return value
                 else:
                     if freshness.stale_if_error and now < fresh_until + freshness.stale_if_error:
-                        stale = data[HEADER_SIZE:]
+                        stale = data[offset:]
                     self.count(Outcome.MISS, full, function_stats)
             else:
                 await self.drop_undecodable(full, "not an entry written by a cached function")
@@ -880,12 +1044,14 @@ class Engine:
         write: bool = True,
         seen: bytes | None = None,
         tags: tuple[str, ...] = (),
+        force: bool = False,
     ) -> Any:
         """Computes and stores ``full``, under a cross-process lock when the policy asks for one.
 
         ``seen`` is the entry the miss read found at ``full`` (``None``: nothing usable) and
         ``tags`` the tags to record. With ``write=False`` the value is only computed: neither
-        locked nor stored.
+        locked nor stored. With ``force``, the value is computed even when the lock's holder
+        stored one meanwhile (a refresh asked for a new value).
         """
         if not write:
             return await self.fetch_and_store(full, produce, spec, write=False)
@@ -895,7 +1061,7 @@ class Engine:
             and isinstance(backend, LockingBackend)
             and not self.breaker.open_until
         ):
-            return await compute_locked(self, backend, full, produce, spec, seen, tags)
+            return await compute_locked(self, backend, full, produce, spec, seen, tags, force=force)
         return await self.fetch_and_store(full, produce, spec, seen=seen, tags=tags)
 
     async def fetch_and_store(
@@ -913,7 +1079,18 @@ class Engine:
         The write is guarded (`begin`): it stores only if no invalidation reached ``full``
         since before ``produce`` was called.
         """
-        guard = await self.begin(full, seen, spec, tags) if write else None
+        guard = await self.begin(full, seen) if write else None
+        stamps: list[tuple[str, bytes]] | None = []
+        if guard is not None and tags:
+            ttl = spec.ttl
+            stamps = await self.stamp_tags(
+                full,
+                tags,
+                None if ttl is None else ttl + spec.freshness.keep_after_ttl + LEASE_TTL,
+            )
+            if stamps is None:
+                await self.release(full, guard)
+                guard = None
         generation = self.generation
         started = time.perf_counter()
         try:
@@ -926,11 +1103,30 @@ class Engine:
             raise
         delta = time.perf_counter() - started
         stored = False
-        if guard is not None and (spec.should_store is None or spec.should_store(result)):
-            stored = await self.store_quietly(full, result, spec, delta, guard, generation)
+        if (
+            guard is not None
+            and generation is not None
+            and (spec.should_store is None or spec.should_store(result))
+        ):
+            stored = await self.store_quietly(
+                full, result, spec, delta, guard, generation, stamps or ()
+            )
         if guard and not stored:
             await self.release(full, guard)
         return result
+
+
+@final
+class Opened:
+    """An entry opened by `Engine.examine`: unsigned, with its tags parsed."""
+
+    __slots__ = ("data", "offset", "stamps", "tag_keys")
+
+    def __init__(self, data: bytes, tag_keys: list[str], stamps: list[bytes], offset: int):
+        self.data = data
+        self.tag_keys = tag_keys
+        self.stamps = stamps
+        self.offset = offset
 
 
 def _is_lease(data: bytes) -> bool:

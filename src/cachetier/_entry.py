@@ -3,14 +3,24 @@
 Layout of an entry (little-endian)::
 
     0  magic     0xC1          never the first byte of UTF-8 text, JSON or a decimal counter
-    1  format    2
-    2  flags     reserved, 0
+    1  format    3
+    2  flags     bit 0: a tag section follows the header; other bits reserved, 0
     3  reserved  0
     4  gen       uint32        the namespace generation it was computed under (`Cache.bump_version`)
     8  created   float64       unix seconds when the value was computed
     16 fresh     float64       unix seconds after which the value is stale; 0.0 = never
     24 delta     float32       seconds the computation took (XFetch early refresh uses it)
-    28 payload   serializer output
+    28 nonce     8 random bytes that tell apart two entries whose other fields and payload
+                 start are alike (a guarded write compares the leading bytes; see GUARD_SIZE)
+    36 tags      only with flag bit 0: uint16 length L, then L bytes of records, each a uint16
+                 key length, the tag's key (UTF-8), a uint8 stamp length and the stamp
+    ..  payload  serializer output
+
+Tags are versioned: a tag's key holds a random stamp, which `Cache.invalidate_tags` replaces.
+An entry records the stamp of each of its tags as its computation began, and is served only
+while every one of them is still the stamp at its key; so an invalidation, a lost tag key or
+one recreated after an eviction or a restart can only turn entries into misses. Format 2 (the
+previous release) kept tags in indexes instead, so its entries are read as foreign.
 
 The backend expiry of a key is ``fresh`` plus any stale window, so a stale entry may still be
 read and served on purpose (stale-while-revalidate, stale-if-error).
@@ -29,48 +39,116 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import struct
+from collections.abc import Sequence
 from typing import Final, final
 
 from ._errors import ConfigurationError
 
 __all__ = (
+    "FORMAT",
     "GUARD_SIZE",
     "HEADER",
     "HEADER_SIZE",
     "LEASE_PREFIX",
     "MAGIC",
     "SIGNED_MAGIC",
+    "TAGGED",
     "EntrySigner",
     "encode_entry",
+    "entry_tags",
     "new_lease",
+    "new_stamp",
 )
 
 MAGIC: Final = 0xC1
 SIGNED_MAGIC: Final = 0xC2
 LEASE_PREFIX: Final = b"\xc3\xff"
-_FORMAT: Final = 2
-HEADER: Final = struct.Struct("<BBBBIddf")
+FORMAT: Final = 3
+TAGGED: Final = 0x01
+"""Flag bit: the entry records the stamps of its tags after the header."""
+_U16: Final = struct.Struct("<H")
+_STAMP_BYTES: Final = 8
+HEADER: Final = struct.Struct("<BBBBIddf8s")
 HEADER_SIZE: Final = HEADER.size
 _TAG_SIZE: Final = 32
 GUARD_SIZE: Final = HEADER_SIZE + _TAG_SIZE
 """Leading bytes of a stored entry that identify it: its header, and its signature if signed.
 
-A conditional write compares these, not the whole value: the creation time in the header (and
-the signature over the key and payload, when signed) tells two entries at one key apart.
+A conditional write compares these, not the whole value: the header's random nonce tells any
+two entries at one key apart, whatever their clocks said and whatever they hold.
 """
 _MIN_KEY_BYTES: Final = 16
 
 
 def encode_entry(
-    payload: bytes, *, created: float, fresh_until: float, delta: float = 0.0, generation: int = 0
+    payload: bytes,
+    *,
+    created: float,
+    fresh_until: float,
+    delta: float = 0.0,
+    generation: int = 0,
+    tags: Sequence[tuple[str, bytes]] = (),
 ) -> bytes:
-    """Returns the stored form of ``payload``; ``fresh_until=0.0`` means it never goes stale."""
-    return (
-        HEADER.pack(MAGIC, _FORMAT, 0, 0, generation & 0xFFFFFFFF, created, fresh_until, delta)
-        + payload
+    """Returns the stored form of ``payload``; ``fresh_until=0.0`` means it never goes stale.
+
+    ``tags`` are (tag key, stamp) pairs: the stamps the tags held when the value's
+    computation began.
+    """
+    header = HEADER.pack(
+        MAGIC,
+        FORMAT,
+        TAGGED if tags else 0,
+        0,
+        generation & 0xFFFFFFFF,
+        created,
+        fresh_until,
+        delta,
+        os.urandom(8),
     )
+    if not tags:
+        return header + payload
+    records = bytearray()
+    for key, stamp in tags:
+        name = key.encode("utf-8", "surrogatepass")
+        records += _U16.pack(len(name)) + name + bytes((len(stamp),)) + stamp
+    return header + _U16.pack(len(records)) + bytes(records) + payload
+
+
+def entry_tags(data: bytes) -> tuple[list[str], list[bytes], int]:
+    """Returns the tag keys and stamps an unsigned entry records, and where its payload starts.
+
+    Raises:
+        ValueError: the tag section is cut short or malformed.
+    """
+    if not data[2] & TAGGED:
+        return [], [], HEADER_SIZE
+    (length,) = _U16.unpack_from(data, HEADER_SIZE)
+    position = HEADER_SIZE + 2
+    end = position + length
+    if end > len(data):
+        raise ValueError("the tag section runs past the end of the entry")
+    keys: list[str] = []
+    stamps: list[bytes] = []
+    while position < end:
+        (size,) = _U16.unpack_from(data, position)
+        position += 2
+        keys.append(data[position : position + size].decode("utf-8", "surrogatepass"))
+        position += size
+        stamp_size = data[position]
+        position += 1
+        stamps.append(data[position : position + stamp_size])
+        position += stamp_size
+    if position != end:
+        raise ValueError("the tag section is malformed")
+    return keys, stamps, end
+
+
+def new_stamp() -> bytes:
+    """Returns a tag stamp that no earlier stamp of any tag equals, but by a 2**-64 chance."""
+    return secrets.token_bytes(_STAMP_BYTES)
 
 
 def new_lease() -> bytes:

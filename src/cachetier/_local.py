@@ -85,6 +85,7 @@ class LocalState:
 
     __slots__ = (
         "backend",
+        "by_tag",
         "engine",
         "entries",
         "live",
@@ -103,6 +104,9 @@ class LocalState:
         # second-chance (CLOCK), close to LRU: a hit sets a flag instead of reordering a dict,
         # which is the most a hit should cost.
         self.entries: dict[str, list[Any]] = {}
+        # Tag key -> the stored keys kept here whose entries recorded that tag: a message
+        # that the tag key changed (`Cache.invalidate_tags` anywhere) drops them.
+        self.by_tag: dict[str, set[str]] = {}
         # True while a subscription is confirmed: only then are values served or kept.
         self.live = False
         # Counts invalidations; a read that saw it change does not keep its value.
@@ -119,38 +123,70 @@ class LocalState:
         self.task = loop.create_task(self._follow())
         self.engine.track(self.task)
 
-    def keep(self, full: str, codec: object, value: Any, expires_at: float, seq: int) -> None:
-        """Keeps a value read from Redis, unless an invalidation arrived since ``seq``."""
+    def keep(
+        self,
+        full: str,
+        codec: object,
+        value: Any,
+        expires_at: float,
+        seq: int,
+        tag_keys: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        """Keeps a value read from Redis, unless an invalidation arrived since ``seq``.
+
+        ``tag_keys`` are the keys of the tags its entry recorded.
+        """
         if not self.live or seq != self.seq:
             return
         entries = self.entries
-        entries.pop(full, None)  # a new value goes to the back, as a new key does
-        entries[full] = [codec, value, expires_at, False]
+        self._remove(full)  # a new value goes to the back, as a new key does
+        entries[full] = [codec, value, expires_at, False, tag_keys]
+        for tag_key in tag_keys:
+            self.by_tag.setdefault(tag_key, set()).add(full)
         while len(entries) > self.settings.max_entries:
             oldest = next(iter(entries))
             entry = entries.pop(oldest)
             if entry[3]:
                 entry[3] = False
                 entries[oldest] = entry  # used since last time: another round at the back
+            else:
+                self._untag(oldest, entry[4])
+
+    def _remove(self, key: str) -> None:
+        entry = self.entries.pop(key, None)
+        if entry is not None and entry[4]:
+            self._untag(key, entry[4])
+
+    def _untag(self, key: str, tag_keys: list[str] | tuple[str, ...]) -> None:
+        by_tag = self.by_tag
+        for tag_key in tag_keys:
+            holders = by_tag.get(tag_key)
+            if holders is not None:
+                holders.discard(key)
+                if not holders:
+                    del by_tag[tag_key]
 
     def drop(self, keys: list[str] | tuple[str, ...]) -> None:
-        """Forgets ``keys`` (changed here or elsewhere)."""
+        """Forgets ``keys`` (changed here or elsewhere), and the values tagged with any of
+        them that are tag keys."""
         self.seq += 1
-        entries = self.entries
         for key in keys:
-            entries.pop(key, None)
+            self._remove(key)
+            for tagged in self.by_tag.pop(key, ()):
+                self._remove(tagged)
 
     def drop_matching(self, pattern: str) -> None:
         """Forgets the keys matching a Redis glob."""
         self.seq += 1
         matches: Callable[[str], object] = compile_glob(pattern).fullmatch
         for key in [key for key in self.entries if matches(key)]:
-            del self.entries[key]
+            self._remove(key)
 
     def clear(self) -> None:
         """Forgets everything."""
         self.seq += 1
         self.entries.clear()
+        self.by_tag.clear()
 
     async def _follow(self) -> None:
         """Applies invalidation messages; on losing them, empties and bypasses the tier."""

@@ -25,8 +25,14 @@ async def compute_locked(
     spec: FetchSpec,
     seen: bytes | None,
     tags: tuple[str, ...],
+    *,
+    force: bool = False,
 ) -> Any:
-    """One process computes; the others wait for its value, woken by a message when it lands."""
+    """One process computes; the others wait for its value, woken by a message when it lands.
+
+    With ``force`` (`CachedFunction.refresh`), a value found in the store is not taken: this
+    process waits for the lock, however long another holds it, then computes.
+    """
     lock_name = engine.keys.lock_key(full)
     channel = engine.keys.ready_channel(full)
     token = secrets.token_hex(16)
@@ -35,7 +41,7 @@ async def compute_locked(
     async def holding() -> Any:
         try:
             # The value may have landed between our miss and taking the lock.
-            found = await engine.peek(full, spec.codec)
+            found = MISSING if force else await engine.peek(full, spec.codec)
             if found is not MISSING:
                 return found
             return await engine.fetch_and_store(full, produce, spec, seen=seen, tags=tags)
@@ -60,12 +66,12 @@ async def compute_locked(
         recheck = max(stampede.lock_ttl / 4, 0.01)
         async with backend.subscribe(channel) as notifications:
             # Subscribed first, then looked: a value that landed before we subscribed is seen.
-            found = await engine.peek(full, spec.codec)
+            found = MISSING if force else await engine.peek(full, spec.codec)
             if found is not MISSING:
                 return found
             while (remaining := deadline - time.monotonic()) > 0:
                 await notifications.wait(min(remaining, recheck))
-                found = await engine.peek(full, spec.codec)
+                found = MISSING if force else await engine.peek(full, spec.codec)
                 if found is not MISSING:
                     return found
                 if await backend.acquire_lock(lock_name, token, stampede.lock_ttl):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, final
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, final
 
 from ._errors import BackendError
 
@@ -17,6 +18,12 @@ class _ReadAbandoned(Exception):
     """Tells the readers waiting on a read that it was cancelled before its answer came."""
 
 
+# One read under way for a key: ``[its event loop, *the futures of readers waiting for it]``.
+# A plain list, because a lone read (the common case) must cost almost nothing; the list's
+# identity tells its owner whether the key still points at its read (see `detach`).
+_Read = list[Any]
+
+
 @final
 class SharedReads:
     """The read path of one `Engine`: merges reads of one key, and batches reads of many."""
@@ -27,10 +34,25 @@ class SharedReads:
         self._engine = engine
         # Reads to the backend under way, and the keys queued to go out together as one MGET.
         self.in_flight = 0
-        self.batch: list[str] | None = None
+        self.batch: list[tuple[str, _Read]] | None = None
         self.batch_loop: asyncio.AbstractEventLoop | None = None
-        # Key -> the event loop of its one reader, or the futures of readers waiting for it.
-        self.reads: dict[str, asyncio.AbstractEventLoop | list[asyncio.Future[bytes | None]]] = {}
+        # Key -> the read under way that later readers of that key may join.
+        self.reads: dict[str, _Read] = {}
+
+    def detach(self, keys: Iterable[str] | None = None) -> None:
+        """Lets no reader join the reads of ``keys`` (all keys: ``None``) now under way.
+
+        Called when this process changes or invalidates keys: a read sent before the change
+        may be answered with what the key held before it, which is fine for the readers that
+        were already waiting but not for one that starts after the change returned. The
+        detached reads still answer their own readers.
+        """
+        if keys is None:
+            self.reads.clear()
+            return
+        reads = self.reads
+        for key in keys:
+            reads.pop(key, None)
 
     async def get(self, full: str) -> bytes | None:
         """GETs ``full``, merging concurrent reads into as few round trips as possible.
@@ -40,66 +62,58 @@ class SharedReads:
         round trip. And a read that starts while other reads are in flight joins a batch that
         goes out as one MGET at the end of the event loop's turn: a burst over many keys costs
         two round trips instead of one per key (and one connection each). A read with nothing
-        else in flight goes out at once, so a lone hit pays neither merge, only three dict
-        operations. Each waiter waits on a future of its own, so its cancellation cancels
-        nothing else.
+        else in flight goes out at once, so a lone hit pays neither merge. Each waiter waits on
+        a future of its own, so its cancellation cancels nothing else.
         """
-        if not self._engine.merge_reads:
-            self._engine.gate("GET")
-            data = await self._engine.fetch_one(full)
-            if self._engine.breaker.failures:
-                self._engine.breaker.succeeded()
+        engine = self._engine
+        if not engine.merge_reads:
+            engine.gate("GET")
+            data = await engine.fetch_one(full)
+            if engine.breaker.failures:
+                engine.breaker.succeeded()
             return data
         loop = asyncio.get_running_loop()
         reads = self.reads
-        waiting = reads.get(full)
-        if waiting is not None:
-            if waiting is loop:
-                waiting = reads[full] = []
-            if isinstance(waiting, list):
-                return await self._wait_for(waiting, full, loop)
-            # Otherwise another event loop reads this key: read without merging.
-        self._engine.gate("GET")
-        if waiting is None and self.in_flight and self.batch_loop in (None, loop):
+        read = reads.get(full)
+        if read is not None and read[0] is loop:
+            return await self._wait_for(read, full, loop)
+        # Nothing to join (or another event loop reads this key: read without merging).
+        engine.gate("GET")
+        if read is None and self.in_flight and self.batch_loop in (None, loop):
             batch = self.batch
             if batch is None:
                 batch = self.batch = []
                 self.batch_loop = loop
                 loop.call_soon(self._send_batch)
-            batch.append(full)
-            waiting = reads[full] = []
-            return await self._wait_for(waiting, full, loop)
-        owner = waiting is None
-        if owner:
-            reads[full] = loop
+            read = reads[full] = [loop]
+            batch.append((full, read))
+            return await self._wait_for(read, full, loop)
+        own: _Read | None = None
+        if read is None:
+            own = reads[full] = [loop]
         self.in_flight += 1
         try:
-            data = await self._engine.fetch_one(full)
+            data = await engine.fetch_one(full)
         except BaseException as exc:
             if not isinstance(exc, BackendError):
-                self._engine.breaker.abandoned()
-            if owner:
-                self._answer(reads.pop(full, None), None, exc)
+                engine.breaker.abandoned()
+            if own is not None:
+                self._finish(full, own, None, exc)
             raise
         finally:
             self.in_flight -= 1
-        if owner:
-            waiters = reads.pop(full, None)
-            if waiters is not loop:
-                self._answer(waiters, data, None)
-        breaker = self._engine.breaker
+        if own is not None:
+            self._finish(full, own, data, None)
+        breaker = engine.breaker
         if breaker.failures or breaker.open_until:
             breaker.succeeded()
         return data
 
     async def _wait_for(
-        self,
-        waiting: list[asyncio.Future[bytes | None]],
-        full: str,
-        loop: asyncio.AbstractEventLoop,
+        self, read: _Read, full: str, loop: asyncio.AbstractEventLoop
     ) -> bytes | None:
         future: asyncio.Future[bytes | None] = loop.create_future()
-        waiting.append(future)
+        read.append(future)
         try:
             return await future
         except _ReadAbandoned:
@@ -109,37 +123,40 @@ class SharedReads:
 
     def _send_batch(self) -> None:
         """Sends the reads that queued during this turn of the event loop as one MGET."""
-        keys, self.batch, loop, self.batch_loop = self.batch, None, self.batch_loop, None
-        if keys and loop is not None:
-            self._engine.track(loop.create_task(self._read_batch(keys)))
+        batch, self.batch, loop, self.batch_loop = self.batch, None, self.batch_loop, None
+        if batch and loop is not None:
+            self._engine.track(loop.create_task(self._read_batch(batch)))
 
-    async def _read_batch(self, keys: list[str]) -> None:
-        reads = self.reads
+    async def _read_batch(self, batch: list[tuple[str, _Read]]) -> None:
         self.in_flight += 1
         try:
-            values = await self._engine.load_many(keys)
+            values = await self._engine.load_many([full for full, _ in batch])
         except BaseException as exc:
             # Each waiter's caller counts the failure for the breaker and logs it.
-            for key in keys:
-                self._answer(reads.pop(key, None), None, exc)
+            for full, read in batch:
+                self._finish(full, read, None, exc)
             if not isinstance(exc, (BackendError, asyncio.CancelledError)):
                 raise
             return
         finally:
             self.in_flight -= 1
         # `load_many` told the breaker the backend answered.
-        for key, data in zip(keys, values, strict=True):
-            self._answer(reads.pop(key, None), data, None)
+        for (full, read), data in zip(batch, values, strict=True):
+            self._finish(full, read, data, None)
 
-    @staticmethod
-    def _answer(waiters: object, data: bytes | None, exc: BaseException | None) -> None:
-        """Hands the first reader's answer (or failure) to the readers that waited for it."""
-        if not isinstance(waiters, list):
+    def _finish(
+        self, full: str, read: _Read, data: bytes | None, exc: BaseException | None
+    ) -> None:
+        """Ends ``read``: unlists it (unless detached) and hands its answer to its waiters."""
+        reads = self.reads
+        if reads.get(full) is read:
+            del reads[full]
+        if len(read) == 1:
             return
         failure = (
             None if exc is None else exc if isinstance(exc, BackendError) else _ReadAbandoned()
         )
-        for future in waiters:
+        for future in read[1:]:
             if future.done():
                 continue  # that reader was cancelled
             if failure is None:

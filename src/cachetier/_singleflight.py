@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Generic, TypeVar, final
 
 __all__ = ("SingleFlight",)
@@ -29,6 +29,24 @@ class SingleFlight(Generic[T]):
         """
         self._flights: dict[str, asyncio.Task[T]] = {}
         self._on_start = on_start
+
+    def detach(self, keys: Iterable[str] | None = None) -> None:
+        """Lets no later caller join the computations of ``keys`` (all: ``None``) under way.
+
+        They run on for the callers already waiting; a caller arriving afterwards starts a
+        computation of its own. Used when a key is invalidated: a computation under way may
+        have read the data before the change that caused the invalidation.
+        """
+        if keys is None:
+            self._flights.clear()
+            return
+        flights = self._flights
+        for key in keys:
+            flights.pop(key, None)
+
+    def running(self) -> list[str]:
+        """Returns the keys of the computations under way."""
+        return list(self._flights)
 
     def is_running(self, key: str) -> bool:
         """Returns whether a computation for ``key`` is under way."""

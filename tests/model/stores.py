@@ -9,7 +9,8 @@ reply arrives, so that the model's scheduler decides how commands and replies in
   not say ``in_process = True``, so the cache merges concurrent reads over it exactly as over
   Redis. ``memory-inproc`` is the bare `MemoryBackend` (no merging, no pauses).
 - fakeredis, redis, cluster: redis-py connection classes whose ``send_packed_command`` pauses
-  before writing and whose ``read_response`` pauses after reading, given to the client that
+  before writing and whose reads pause inside ``read_response`` (where a cancelled read closes
+  the connection, as in redis-py itself), given to the client that
   `RedisBackend(client)` / `RedisClusterBackend(client)` wraps. Commands, Lua scripts,
   pipelines and pub/sub all go through them.
 
@@ -19,13 +20,17 @@ Only public cachetier API is used; the redis-py and fakeredis hooks are their pu
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import random
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from cachetier.backends import Backend, MemoryBackend
+# Imported here, not where a store is built: a first import deep in a model run's call stack
+# trips CPython 3.11's AST recursion check under pytest's assertion rewriting.
+from cachetier.backends import Backend, MemoryBackend, RedisClusterBackend
 
 __all__ = ("STORE_KINDS", "Jitter", "ModelStore")
 
@@ -132,10 +137,14 @@ def delayed_connection_class(base: type[Any], jitter: Jitter) -> type[Any]:
             await jitter.pause()
             await super().send_packed_command(command, check_health)
 
-        async def read_response(self, *args: Any, **kwargs: Any) -> Any:
-            response = await super().read_response(*args, **kwargs)
+        # The reply's delay is taken inside `read_response`, where redis-py closes the
+        # connection if the read is cancelled, as a slow reply from the network would be. A pause
+        # after `read_response` returned would be a cancellation point that redis-py does not
+        # have: cancelling a pipeline there leaves its other replies unread on a connection that
+        # goes back to the pool.
+        async def _read_response_from_parser(self, *args: Any, **kwargs: Any) -> Any:
             await jitter.pause()
-            return response
+            return await super()._read_response_from_parser(*args, **kwargs)
 
     return DelayedConnection
 
@@ -203,8 +212,6 @@ class ModelStore:
         from redis.asyncio import Connection
         from redis.asyncio.cluster import RedisCluster
 
-        from cachetier.backends import RedisClusterBackend
-
         assert self.url is not None
         host, _, port = self.url.removeprefix("redis+cluster://").split(",")[0].partition(":")
         client = RedisCluster(host=host, port=int(port), socket_timeout=5.0)
@@ -218,6 +225,15 @@ class ModelStore:
 
     async def cleanup(self) -> None:
         """Deletes this run's keys (its namespace only) from a shared Redis or cluster."""
+        # Connections redis-py closed without waiting (a cancelled read closes its connection)
+        # finish closing in the next turns of the loop: let them, before the test's loop ends.
+        for _ in range(3):
+            await asyncio.sleep(0.01)
+        # Collected here, with their warnings silenced, rather than by a later test's garbage
+        # collection, where they would fail that test under filterwarnings=error.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
         if self.kind == "redis":
             import redis.asyncio as redis_asyncio
 

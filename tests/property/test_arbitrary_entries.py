@@ -28,9 +28,11 @@ from cachetier.backends import Backend, MemoryBackend, RedisBackend
 from cachetier.serializers import JsonSerializer
 
 NOW = 1_750_000_000.0
-HEADER = struct.Struct("<BBBBIddf")
+HEADER = struct.Struct("<BBBBIddf8s")
 MAGIC = 0xC1
-FORMAT = 2
+FORMAT = 3
+TAGGED = 0x01
+GENERATION = 7  # each example's store is at this generation (see `Subject.cache`)
 SIGNING_KEY = b"property-test-signing-key-0123456789"
 
 _keys = itertools.count()
@@ -66,15 +68,25 @@ def expected_read(
     """What reading ``data`` may give, for a reader that turns payloads into values with ``decode``.
 
     ``counters``: the reader is `Cache.get`, which returns a decimal counter as an ``int``.
-    ``signed``: the cache has a signing key, so only counters can be anything but a miss.
+    ``signed``: the cache has a signing key, so everything is a miss (a signed cache serves
+    no plain integer either: anyone who can write the store can write one).
     """
-    if counters and _is_counter(data):
+    if counters and _is_counter(data) and not signed:
         return Expected(may_miss=False, value=int(data), may_hit=True)
     if signed or len(data) < HEADER.size or data[0] != MAGIC:
         return MISS
-    _, version, flags, reserved, _generation, created, fresh_until, delta = HEADER.unpack_from(data)
-    if version != FORMAT:
-        return MISS  # a format this release cannot read
+    _, version, flags, reserved, generation, created, fresh_until, delta, _ = HEADER.unpack_from(
+        data
+    )
+    if version != FORMAT or generation != GENERATION:
+        return MISS  # a format this release cannot read, or another generation's entry
+    offset = HEADER.size
+    if flags & TAGGED:
+        # Tag records name tag keys that hold no stamp here, so only an empty tag section
+        # can leave the entry servable.
+        if len(data) < offset + 2 or struct.unpack_from("<H", data, offset)[0] != 0:
+            return MISS
+        offset += 2
     if not all(map(math.isfinite, (created, fresh_until, delta))):
         lenient = True  # never written by cachetier; refusing or reading it are both fine
     else:
@@ -82,7 +94,7 @@ def expected_read(
         if fresh_until and fresh_until <= NOW:
             return MISS  # stale, and no stale policy is on
     try:
-        value = decode(data[HEADER.size :])
+        value = decode(data[offset:])
     except (ValueError, pydantic.ValidationError):
         return MISS
     return Expected(may_miss=lenient, value=value, may_hit=True)
@@ -173,11 +185,12 @@ def entry_like(draw: st.DrawFn) -> bytes:
         draw(st.just(FORMAT) | st.integers(0, 255)),
         draw(st.just(0) | st.integers(0, 255)),
         draw(st.just(0) | st.integers(0, 255)),
-        # Any generation: each example's cache is new, learns 0, and adopts a later one.
-        draw(st.just(0) | st.integers(0, 2**32 - 1)),
+        # The store's generation, or any other: those are misses.
+        draw(st.just(GENERATION) | st.integers(0, 2**32 - 1)),
         draw(st.just(NOW - 1) | st.floats()),
         draw(timestamps),
         draw(st.just(0.0) | st.floats(width=32)),
+        draw(st.binary(min_size=8, max_size=8)),
     )
     cut = draw(st.sampled_from([HEADER.size] * 3) | st.integers(0, HEADER.size))
     return header[:cut] + draw(payloads)
@@ -206,7 +219,11 @@ def entry(
     created: float = NOW - 1,
 ) -> bytes:
     """Bytes laid out as an entry, with any field overridden."""
-    return HEADER.pack(magic, version, flags, 0, 0, created, fresh_until, 0.0) + payload
+    nonce = b"nonce-42"
+    return (
+        HEADER.pack(magic, version, flags, 0, GENERATION, created, fresh_until, 0.0, nonce)
+        + payload
+    )
 
 
 # Cases every run checks, whatever Hypothesis draws: each payload decodes for some reader.
@@ -214,13 +231,17 @@ DECODABLE = [b"{}", b'{"name":"x","qty":1}', b"1", b"[1]", b"null"]
 ALWAYS_CHECKED = [
     *(entry(payload, version=0) for payload in DECODABLE),  # an unknown format
     *(entry(payload, version=1) for payload in DECODABLE),  # the format before generations
-    *(entry(payload, version=3) for payload in DECODABLE),
+    *(entry(payload, version=2) for payload in DECODABLE),  # the format before tag stamps
+    *(entry(payload, version=4) for payload in DECODABLE),
     *(entry(payload, magic=0xC2) for payload in DECODABLE),  # signed, with no valid tag
     entry(b"{}", fresh_until=NOW - 1),  # stale
     entry(b"{}", fresh_until=math.nan),
     entry(b"{}", fresh_until=math.inf),
     entry(b"{}", created=math.nan),
     entry(b"{}", flags=1),
+    entry(b"\x00\x00{}", flags=TAGGED),  # an empty tag section
+    entry(b"\x05\x00\x01\x00k\x00{}", flags=TAGGED),  # a tag whose key holds no stamp
+    entry(b"{}", flags=2),
     entry(b"{}")[: HEADER.size - 1],
     bytes((MAGIC, FORMAT)),
     b"",
@@ -254,12 +275,9 @@ class Subject:
 
     @property
     def cache(self) -> Cache:
-        """A new cache over the backend for each example.
+        """A new cache over the backend for each example, as a new process would read it.
 
-        A cache adopts the generation of any entry it reads that is later than its own (the
-        counter only grows), so a shared one would carry each example's drawn generation into
-        the next. A new one learns the counter (absent: 0) with its first read, and reads the
-        entry of its example as it would in a new process.
+        Its first read learns the store's generation, which `subject` sets to `GENERATION`.
         """
         cache = self.__dict__.get("_cache")
         if cache is None:
@@ -287,6 +305,8 @@ async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
     else:
         client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
         backend = RedisBackend(client)
+    keys = Cache(backend, namespace="arbitrary").keys
+    await backend.set(keys.generation_key(), str(GENERATION).encode())
     yield Subject(backend, bool(signed))
     await backend.aclose()
     if client is not None:

@@ -212,14 +212,14 @@ async def test_templates_refuse_values_whose_text_is_a_memory_address(cache: Cac
         await by_tag(Session())
 
 
-async def test_methods_bind_and_self_never_enters_the_key(cache: Cache) -> None:
+async def test_methods_bind_and_share_results_only_when_self_is_excluded(cache: Cache) -> None:
     runs = Counter()
 
     class Repository:
         def __init__(self, name: str) -> None:
             self.name = name
 
-        @cache.cached(ttl=30)
+        @cache.cached(ttl=30, exclude=["self"])
         async def find(self, item_id: int) -> dict[str, Any]:
             runs.calls += 1
             return {"id": item_id, "by": self.name}

@@ -104,7 +104,22 @@ def _explode(text: str) -> None:
 
 async def test_counters_keep_working_with_signing(signed: Cache) -> None:
     assert await signed.incr("hits", 2) == 2
-    assert await signed.get("hits") == 2
+    assert await signed.incr("hits", 0) == 2
+
+
+async def test_a_signed_cache_serves_no_plain_integer_and_drops_none(
+    signed: Cache, backend: MemoryBackend
+) -> None:
+    """Anyone who can write to the store can write digits: they must not pass as a value."""
+    await signed.set("user:1:role", "viewer")
+    full = signed.keys.full("user:1:role")
+    await backend.set(full, b"1")
+    assert await signed.get("user:1:role") is None
+    assert await signed.get_many(["user:1:role"]) == {}
+    assert await backend.get(full) == b"1"  # a counter may look just like it: kept
+    await signed.incr("hits")
+    assert await signed.get("hits") is None
+    assert await signed.incr("hits", 0) == 1
 
 
 def test_short_signing_key_is_refused() -> None:
