@@ -303,7 +303,7 @@ async def _inspect(cache: Cache, key: str) -> _Found:
                 "it holds a plain integer, which a signed cache never serves: read a counter "
                 "with cache.incr(key, 0)",
             )
-        _, _, _, _, generation, _, _, _ = HEADER.unpack_from(data)
+        generation = HEADER.unpack_from(data)[4]
         return _Found(
             MISSING,
             f"it was written at generation {generation}, but this namespace and version are "
@@ -351,11 +351,13 @@ async def _invalidate(cache: Cache, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_OK
-    # Tags first: a key both tagged and matching is then counted once, by the tags.
-    deleted = await cache.invalidate_tags(*args.tags) if args.tags else 0
+    if args.tags:
+        # One write per tag: how many entries carried it is not known, nor needed.
+        in_use = await cache.invalidate_tags(*args.tags)
+        print(f"invalidated {_plural(len(args.tags), 'tag')} ({in_use} in use)")
     if args.pattern is not None:
-        deleted += await cache.delete_pattern(args.pattern)
-    print(f"deleted {_plural(deleted, 'key')}")
+        deleted = await cache.delete_pattern(args.pattern)
+        print(f"deleted {_plural(deleted, 'key')}")
     return EXIT_OK
 
 
@@ -515,11 +517,11 @@ def _parser() -> argparse.ArgumentParser:
         "invalidate",
         help="delete the keys matching a pattern, or the entries of tags",
         description="""\
-Deletes entries of this namespace and version and prints how many keys it deleted:
-  - with PATTERN, the keys matching it (SCAN and UNLINK in batches, never KEYS,
-    as cache.delete_pattern() does);
-  - with --tag, the entries stored with any of the tags (as cache.invalidate_tags()
-    does); repeat --tag for several tags;
+Invalidates entries of this namespace and version:
+  - with PATTERN, deletes the keys matching it (SCAN and UNLINK in batches, never
+    KEYS, as cache.delete_pattern() does) and prints how many;
+  - with --tag, invalidates the entries stored with any of the tags, in one write
+    per tag (as cache.invalidate_tags() does); repeat --tag for several tags;
   - with both, the keys matching PATTERN and the entries of the tags.
 Give a PATTERN, a --tag, or both. Values being computed while it runs are not stored.""",
         epilog="""\

@@ -26,6 +26,7 @@ Start-up and tests replace the default cache explicitly::
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -481,7 +482,9 @@ def cached(
     if callable(ttl) and not isinstance(ttl, int | float | timedelta):
         return cached()(ttl)
 
-    def decorator_of(cache: Cache) -> Callable[[Callable[P, Awaitable[R]]], CachedFunction[P, R]]:
+    def decorator_of(
+        cache: Cache, exclude: Collection[str] = exclude
+    ) -> Callable[[Callable[P, Awaitable[R]]], CachedFunction[P, R]]:
         return cache.cached(
             ttl,
             key=key,
@@ -500,6 +503,14 @@ def cached(
 
     def decorate(func: Callable[P, Awaitable[R]]) -> LazyCachedFunction[P, R]:
         check(func)  # not async def, or a key template or exclude naming no parameter
-        return LazyCachedFunction(func, lambda cache: decorator_of(cache)(func))
+        # The guide keys a method by its arguments alone, whatever the instance: its services
+        # are stateless. `Cache.cached` keys ``self`` instead; keep the guide's meaning here.
+        parameters = list(inspect.signature(func).parameters)
+        leave_out = (
+            (*exclude, "self")
+            if parameters[:1] == ["self"] and "self" not in exclude and key is None
+            else exclude
+        )
+        return LazyCachedFunction(func, lambda cache: decorator_of(cache, leave_out)(func))
 
     return decorate
