@@ -129,12 +129,31 @@ for _name, _member in vars(MemoryBackend).items():
 # -- redis-py connections ----------------------------------------------------------------------
 
 
+_HANDSHAKE = (b"HELLO", b"AUTH", b"SELECT", b"CLIENT", b"hello", b"auth", b"select", b"client")
+
+
+def _is_handshake(command: Any) -> bool:
+    """Whether a packed command is one redis-py sends while it sets a new connection up."""
+    if isinstance(command, list | tuple):
+        first = command[0] if command else b""
+    elif isinstance(command, bytes | str):
+        first = command
+    else:
+        return False  # an iterator: looking would consume it
+    head = (first.encode() if isinstance(first, str) else bytes(first))[:40]
+    return any(word in head for word in _HANDSHAKE)
+
+
 def delayed_connection_class(base: type[Any], jitter: Jitter) -> type[Any]:
     """A subclass of the redis-py connection class ``base`` that pauses around each command."""
 
     class DelayedConnection(base):  # type: ignore[misc, valid-type]  # a class made at run time
         async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-            await jitter.pause()
+            # No pause inside the handshake of a new connection (HELLO, AUTH, SELECT, CLIENT
+            # SETINFO): redis-py gives no cancellation point there, and a task cancelled at one
+            # would leave a connection open without its SELECT, talking to database 0.
+            if not _is_handshake(command):
+                await jitter.pause()
             await super().send_packed_command(command, check_health)
 
         # The reply's delay is taken inside `read_response`, where redis-py closes the

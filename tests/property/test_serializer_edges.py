@@ -16,20 +16,25 @@ from cachetier import Cache, SerializationError
 from cachetier.backends import MemoryBackend
 from cachetier.serializers import JsonSerializer, Serializer
 from cachetier.serializers._typed import TypedSerializer
-from cachetier.serializers.msgpack import MsgpackSerializer
 
 # A default install has neither orjson nor msgpack: their cases skip there, the rest run.
 _NEEDS = {"orjson": "orjson", "msgpack": "msgpack", "typed-msgpack": "msgpack"}
 _MISSING = {name for name, module in _NEEDS.items() if importlib.util.find_spec(module) is None}
 
 
+def _msgpack() -> Serializer:
+    from cachetier.serializers.msgpack import MsgpackSerializer
+
+    return MsgpackSerializer()
+
+
 def _make(name: str) -> Serializer:
     makers: dict[str, Callable[[], Serializer]] = {
         "orjson": lambda: JsonSerializer(use_orjson=True),
         "stdlib-json": lambda: JsonSerializer(use_orjson=False),
-        "msgpack": MsgpackSerializer,
+        "msgpack": lambda: _msgpack(),
         "typed-json": lambda: TypedSerializer(list[Any]),
-        "typed-msgpack": lambda: TypedSerializer(list[Any], inner=MsgpackSerializer()),
+        "typed-msgpack": lambda: TypedSerializer(list[Any], inner=_msgpack()),
         "typed-stdlib": lambda: TypedSerializer(list[Any], inner=JsonSerializer(use_orjson=False)),
     }
     return makers[name]()

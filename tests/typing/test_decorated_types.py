@@ -28,6 +28,9 @@ async def today() -> dt.date:
 
 
 class Repository:
+    def __cache_key__(self) -> str:
+        return "default"
+
     @cache.cached(ttl=60)
     async def count(self, table: str) -> int:
         return len(table)
