@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import dataclasses
 import time
 from collections.abc import (
     AsyncIterator,
@@ -24,7 +23,7 @@ from typing_extensions import Self, Unpack
 
 from ._breaker import CircuitBreaker
 from ._cached import CachedFunction
-from ._engine import Engine, FetchSpec, Opened, check_tags
+from ._engine import TAG_KEEP, Engine, FetchSpec, Opened, check_tags
 from ._entry import EntrySigner, new_stamp
 from ._errors import BackendError, ConfigurationError
 from ._health import HealthReport, check_health
@@ -49,10 +48,6 @@ P = ParamSpec("P")
 D = TypeVar("D")
 
 _DEFAULT_MAX_VALUE_BYTES: Final = 1024 * 1024
-_SCAN_BATCH: Final = 500
-_TAG_KEEP: Final = 60.0
-"""Seconds a tag's new stamp is kept after `Cache.invalidate_tags` unless an entry needs it
-longer: its entries from before are invalid whatever happens to it, so it may expire."""
 _DEFAULT_POLICIES: Final = build_policies()
 
 
@@ -87,6 +82,7 @@ class Cache:
         version_check_interval: float = 0.25,
         local: LocalTier | None = None,
         latency_stats: bool = True,
+        journal_limit: int = 1000,
     ) -> None:
         """Args:
         backend: where entries live; a process-local `MemoryBackend` when omitted.
@@ -118,6 +114,9 @@ class Cache:
         latency_stats: time each backend call for the latency percentiles of `stats` (about
             1 µs a call on Redis; never done for in-process backends). The counters are kept
             either way: they cost two integer increments a read.
+        journal_limit: how many keys, tags and patterns of invalidations that failed to reach
+            the backend this process keeps, to replay before it trusts the backend again;
+            past it, the replay is one `bump_version` instead. Added in 0.2.
         """
         if backend is None:
             from .backends.memory import MemoryBackend
@@ -129,6 +128,8 @@ class Cache:
             raise ConfigurationError(
                 f"version_check_interval must be >= 0 seconds, got {version_check_interval!r}"
             )
+        if type(journal_limit) is not int or journal_limit < 1:
+            raise ConfigurationError(f"journal_limit must be a positive int, got {journal_limit!r}")
         if max_value_bytes is not None and max_value_bytes <= 0:
             raise ConfigurationError(
                 f"max_value_bytes must be positive or None, got {max_value_bytes!r}"
@@ -149,6 +150,7 @@ class Cache:
             generation_interval=float(version_check_interval),
             local=local,
             latency_stats=latency_stats,
+            journal_limit=journal_limit,
         )
 
     @classmethod
@@ -234,7 +236,14 @@ class Cache:
     @property
     def stats(self) -> CacheStats:
         """A snapshot of this cache's counters."""
-        return self._engine.stats.snapshot()
+        journal = self._engine.journal
+        return dataclasses.replace(
+            self._engine.stats.snapshot(),
+            journaled=journal.journaled,
+            replays=journal.replayed,
+            journal_overflows=journal.overflows,
+            awaiting_replay=journal.pending,
+        )
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -525,8 +534,11 @@ class Cache:
         full = [self._keys.full(key) for key in keys]
         try:
             self._engine.gate("UNLINK")
+            await self._engine.trusted()
             deleted = await self._engine.backend.delete(*full)
         except BackendError as exc:
+            # It may have reached the store or not: the journal makes sure it does.
+            self._engine.journal.record(keys=full)
             self._engine.backend_failed("delete", exc)
             return 0
         finally:
@@ -554,6 +566,7 @@ class Cache:
         full = self._keys.full(key)
         try:
             self._engine.gate("INCRBY")
+            await self._engine.trusted()
             count = await self._engine.backend.incr(full, amount, self._ttl_seconds(ttl))
         except BackendError as exc:
             self._engine.backend_failed("incr", exc, always_raise=True)
@@ -714,57 +727,36 @@ class Cache:
             TypeError: ``pattern`` is not a ``str``.
             BackendError: the backend failed and the cache is strict.
         """
-        return await self._delete_matching(self._keys.pattern(pattern), tag_indexes=False)
+        return await self._delete_matching(self._keys.pattern(pattern), tag_keys=False)
 
-    async def _delete_matching(self, full_pattern: str, *, tag_indexes: bool) -> int:
-        # The generation outlives `clear`: processes still reading at it would otherwise
-        # disagree with those that see it reset. Tag indexes go only with `clear`: a pattern
-        # that happens to match one (``*:1`` and the index of tag ``project:1``) must not
-        # leave that tag's entries beyond the reach of `invalidate_tags`.
-        generation_key = self._engine.generation_key
-        tag_prefix = self._keys.tag_key("")
-        backend = self._engine.backend
-        deleted = 0
-        # Each batch's UNLINK runs while the next SCAN step is under way: one round trip per
-        # batch instead of two, and still at most one batch of keys in flight.
-        unlinking: asyncio.Future[int] | None = None
+    async def _delete_matching(self, full_pattern: str, *, tag_keys: bool) -> int:
+        engine = self._engine
         try:
-            self._engine.gate("SCAN")
-            async for batch in backend.scan(full_pattern, count=_SCAN_BATCH):
-                keys = [
-                    key
-                    for key in batch
-                    if key != generation_key and (tag_indexes or not key.startswith(tag_prefix))
-                ]
-                if unlinking is not None:
-                    deleted += await unlinking
-                    unlinking = None
-                if keys:
-                    unlinking = asyncio.ensure_future(backend.delete(*keys))
-            if unlinking is not None:
-                deleted += await unlinking
-                unlinking = None
+            engine.gate("SCAN")
+            await engine.trusted()
+            deleted, failure = await engine.unlink_matching(full_pattern, tag_keys=tag_keys)
         except BackendError as exc:
-            self._engine.backend_failed("delete_pattern", exc)
-        else:
-            self._engine.succeeded()
+            deleted, failure = 0, exc
         finally:
-            if unlinking is not None:
-                # The scan failed or was cancelled: let the batch under way finish, so that
-                # what it removed is counted and no task is left behind.
-                with contextlib.suppress(BackendError):
-                    deleted += await asyncio.shield(unlinking)
-            self._engine.changed_matching(full_pattern)
-        self._engine.stats.deletes += deleted
+            engine.changed_matching(full_pattern)
+        engine.stats.deletes += deleted
+        if failure is None:
+            engine.succeeded()
+            return deleted
+        if tag_keys:
+            engine.journal.record(clear=True)
+        else:
+            engine.journal.record(patterns=(full_pattern,))
+        engine.backend_failed("delete_pattern", failure)
         return deleted
 
     async def clear(self) -> int:
         """Removes every key of this namespace and version (never the whole database).
 
-        Tag indexes go too; the generation counter of `bump_version` stays. Returns how many
+        Tag stamps go too; the generation counter of `bump_version` stays. Returns how many
         keys were removed.
         """
-        return await self._delete_matching(self._keys.pattern("*"), tag_indexes=True)
+        return await self._delete_matching(self._keys.pattern("*"), tag_keys=True)
 
     async def invalidate_tags(self, *tags: str) -> int:
         """Invalidates every entry stored with any of ``tags``; returns how many of the tags
@@ -786,8 +778,10 @@ class Cache:
         backend = cast("GuardedBackend", engine.backend)
         try:
             engine.gate("tag bump")
-            known = await backend.tag_bump(engine.tag_keys(names), new_stamp(), _TAG_KEEP)
+            await engine.trusted()
+            known = await backend.tag_bump(engine.tag_keys(names), new_stamp(), TAG_KEEP)
         except BackendError as exc:
+            engine.journal.record(tags=engine.tag_keys(names))
             engine.backend_failed("invalidate_tags", exc)
             return 0
         finally:
@@ -811,11 +805,14 @@ class Cache:
         engine = self._engine
         try:
             engine.gate("INCR")
+            await engine.trusted()
             # A store that lost its generation starts it at random (see `learn_generation`),
             # never at the 1 a bare INCR would give: an earlier life of the key may have had 1.
             await engine.start_generation()
             generation = await engine.backend.incr(engine.generation_key)
         except BackendError as exc:
+            # Raised, so the caller knows; and journaled, so it happens once the store is back.
+            engine.journal.record(bump=True)
             engine.backend_failed("bump_version", exc, always_raise=True)
             raise  # pragma: no cover - backend_failed raised already
         finally:

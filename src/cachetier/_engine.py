@@ -9,6 +9,7 @@ encoded, when it is fresh or stale, how concurrent misses merge, and how a failu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -47,6 +48,7 @@ from ._errors import (
     ValueRejected,
 )
 from ._glob import compile_glob
+from ._journal import Journal
 from ._keys import KeyBuilder
 from ._local import LocalState, LocalTier
 from ._locking import compute_locked
@@ -59,7 +61,7 @@ from ._types import MISSING, Clock, Outcome
 from .backends._protocol import Backend, GuardedBackend, LockingBackend, TrackingBackend
 from .serializers import Serializer
 
-__all__ = ("LEASE_TTL", "Engine", "FetchSpec", "Opened", "check_tags")
+__all__ = ("LEASE_TTL", "TAG_KEEP", "Engine", "FetchSpec", "Opened", "check_tags")
 
 # Bound once: asked on every read, and the logging module caches its answer per level.
 _debug_enabled: Final = LOGGER.isEnabledFor
@@ -74,6 +76,10 @@ _DELTA_OFFSET: Final = 24
 # (flushed, restarted, evicted) can agree by chance on a generation that entries recorded.
 _GENERATION_FLOOR: Final = 1 << 20
 _GENERATION_SPAN: Final = (1 << 31) - _GENERATION_FLOOR
+_BATCH: Final = 500
+TAG_KEEP: Final = 60.0
+"""Seconds a tag's new stamp is kept after `Cache.invalidate_tags` unless an entry needs it
+longer: its entries from before are invalid whatever happens to it, so it may expire."""
 LEASE_TTL: Final = 60.0
 """Seconds a lease holds the key of a value being computed; a longer computation is not stored."""
 _UNGUARDED: Final = b""
@@ -146,11 +152,13 @@ class Engine:
         "guarded",
         "hooks",
         "jitter",
+        "journal",
         "keys",
         "local",
         "local_settings",
         "max_value_bytes",
         "merge_reads",
+        "replaying",
         "serializer",
         "shared",
         "signer",
@@ -177,6 +185,7 @@ class Engine:
         generation_interval: float,
         local: LocalTier | None = None,
         latency_stats: bool = True,
+        journal_limit: int = 1000,
     ) -> None:
         self.timing_wanted = latency_stats
         self.local_settings = local
@@ -185,6 +194,8 @@ class Engine:
         self.generation_key = keys.generation_key()
         self.failures = RateLimitedLog()
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.journal = Journal(journal_limit)
+        self.replaying: asyncio.Task[None] | None = None
         self.generation_interval = generation_interval
         self.set_backend(backend)
         self.breaker = breaker
@@ -393,6 +404,8 @@ class Engine:
         started = perf_counter_ns() if self.timing else 0
         try:
             self.gate("SET")
+            if self.journal.pending:
+                await self.replay()
             if guard:
                 if not await cast("GuardedBackend", self.backend).set_if(
                     full, guard, data, seconds
@@ -542,10 +555,15 @@ class Engine:
     async def known_generation(self, operation: str) -> int | None:
         """Returns the generation to write with, learning it first if due; ``None`` when the
         backend failed open (logged, counted)."""
-        if self.generation is not None and self.clock() < self.generation_due:
+        if (
+            self.generation is not None
+            and self.clock() < self.generation_due
+            and not self.journal.pending
+        ):
             return self.generation
         try:
             self.gate(operation)
+            await self.trusted()
             await self.ensure_generation()
         except BackendError as exc:
             self.backend_failed(operation, exc)
@@ -565,6 +583,7 @@ class Engine:
         """
         try:
             self.gate("SET NX (lease)")
+            await self.trusted()
             await self.ensure_generation()
             if not self.guarded:
                 self.succeeded()
@@ -596,6 +615,112 @@ class Engine:
             self.backend_failed("release lease", exc)
         else:
             self.succeeded()
+
+    # -- invalidations that failed: the journal ----------------------------------------------
+
+    async def trusted(self) -> None:
+        """Replays the journal first if it holds anything (see `replay`)."""
+        if self.journal.pending:
+            await self.replay()
+
+    async def replay(self) -> None:
+        """Replays the invalidations that failed to reach the backend; one replay at a time.
+
+        Every backend call asks for this first while the journal holds anything, so nothing is
+        read from the backend, nor written to it, before the invalidations this process owes
+        it have gone through: a read that finds the replay failing fails too (a miss, and the
+        function runs), and the journal is kept for the next try.
+
+        Raises:
+            BackendError: the backend still fails; the journal keeps everything.
+        """
+        task = self.replaying
+        if task is None or task.done():
+            task = self.replaying = asyncio.get_running_loop().create_task(self._replay())
+            self.track(task)
+        # Shielded: a caller that gives up (a timeout, a client gone) leaves it running for
+        # the others, and the journal is never half taken.
+        await asyncio.shield(task)
+
+    async def _replay(self) -> None:
+        pending = self.journal.take()
+        if not pending.size():
+            return
+        backend = self.backend
+        try:
+            if pending.bump:
+                # A bump stands for everything else the journal held.
+                await self.start_generation()
+                self.bumped(await backend.incr(self.generation_key))
+            else:
+                if pending.clear:
+                    _, failure = await self.unlink_matching(self.keys.pattern("*"), tag_keys=True)
+                    if failure is not None:
+                        raise failure
+                for pattern in sorted(pending.patterns):
+                    _, failure = await self.unlink_matching(pattern, tag_keys=False)
+                    if failure is not None:
+                        raise failure
+                keys = sorted(pending.keys)
+                for start in range(0, len(keys), _BATCH):
+                    await backend.delete(*keys[start : start + _BATCH])
+                if pending.tags and self.guarded:
+                    await cast("GuardedBackend", backend).tag_bump(
+                        sorted(pending.tags), new_stamp(), TAG_KEEP
+                    )
+        except BaseException:
+            self.journal.give_back(pending)
+            raise
+        self.journal.replayed += 1
+        self.changed_all()
+        LOGGER.warning(
+            "cache %s: replayed %d invalidations that failed while the backend was unreachable%s",
+            self.keys.prefix.rstrip(":"),
+            pending.size(),
+            " (as one bump_version: more than the journal holds)" if pending.bump else "",
+        )
+
+    async def unlink_matching(
+        self, full_pattern: str, *, tag_keys: bool
+    ) -> tuple[int, BackendError | None]:
+        """SCANs for the keys matching ``full_pattern`` and UNLINKs them in batches.
+
+        Returns how many it removed and, if the backend failed part way, the failure. The
+        generation is never removed: processes still reading at it would otherwise disagree
+        with those that see it gone. Tag stamps go only when ``tag_keys`` (`Cache.clear`): a
+        pattern may well match one by chance (``*:1`` and the stamp of tag ``project:1``).
+        """
+        generation_key = self.generation_key
+        tag_prefix = self.keys.tag_key("")
+        backend = self.backend
+        deleted = 0
+        # Each batch's UNLINK runs while the next SCAN step is under way: one round trip per
+        # batch instead of two, and still at most one batch of keys in flight.
+        unlinking: asyncio.Future[int] | None = None
+        try:
+            async for batch in backend.scan(full_pattern, count=_BATCH):
+                keys = [
+                    key
+                    for key in batch
+                    if key != generation_key and (tag_keys or not key.startswith(tag_prefix))
+                ]
+                if unlinking is not None:
+                    deleted += await unlinking
+                    unlinking = None
+                if keys:
+                    unlinking = asyncio.ensure_future(backend.delete(*keys))
+            if unlinking is not None:
+                deleted += await unlinking
+                unlinking = None
+        except BackendError as exc:
+            return deleted, exc
+        finally:
+            if unlinking is not None:
+                # The scan failed or was cancelled: let the batch under way finish, so that
+                # what it removed is counted and no task is left behind.
+                with contextlib.suppress(BackendError):
+                    deleted += await asyncio.shield(unlinking)
+        return deleted, None
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -728,6 +853,8 @@ class Engine:
         One read at a time carries the generation; reads meanwhile use the one known, except
         while none is known: then every read asks.
         """
+        if self.journal.pending:
+            await self.replay()
         if self.generation is not None and self.clock() < self.generation_due:
             return await self.backend.get(full)
         self.generation_due = self.clock() + self.generation_interval
@@ -739,6 +866,8 @@ class Engine:
     async def load_many(self, keys: list[str]) -> list[bytes | None]:
         """GETs ``keys`` in one MGET, fetching the generation too when it is due."""
         self.gate("MGET")
+        if self.journal.pending:
+            await self.replay()
         due = self.generation is None or self.clock() >= self.generation_due
         if not due:
             found = await self.backend.get_many(keys)
@@ -820,6 +949,7 @@ class Engine:
 
     async def peek(self, full: str, codec: Serializer) -> Any:
         """Returns the fresh value at ``full``, or `MISSING`; counts nothing."""
+        await self.trusted()
         data = await self.backend.get(full)
         if data is None:
             return MISSING

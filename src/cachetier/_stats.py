@@ -92,6 +92,13 @@ class CacheStats:
     ``None`` before the first. For a decorated function they cover its own reads. They are
     measured for backends that do I/O (Redis), not for in-process ones (memory, null), where the
     timing would cost more than the call it times.
+
+    ``journaled`` counts invalidations (delete, invalidate_tags, delete_pattern, clear,
+    bump_version) that failed to reach the backend and wait in this process's journal;
+    ``replays`` the replays of that journal once the backend answered again;
+    ``journal_overflows`` the times it held more than ``Cache(journal_limit=...)`` and stood for
+    one bump_version instead; ``awaiting_replay`` whether anything waits now (reads are misses
+    until it has gone through). A decorated function's own stats leave them at zero.
     """
 
     hits: int = 0
@@ -109,6 +116,10 @@ class CacheStats:
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
     latency_p99_ms: float | None = None
+    journaled: int = 0
+    replays: int = 0
+    journal_overflows: int = 0
+    awaiting_replay: bool = False
 
     @property
     def hit_ratio(self) -> float:

@@ -391,9 +391,15 @@ async def test_backend_failure_fails_open_and_is_counted(
     stats = cache.stats
     assert stats.backend_errors == 4
     assert stats.hit_ratio == 0.0
+    assert cache.stats.awaiting_replay
     spy.down = False
     clock.advance(5)  # the failures above opened the breaker; its cool-down ends
-    assert await cache.get("k") == 1
+    # The delete and the pattern that failed are replayed before anything is read: the old
+    # value is gone, not served again.
+    assert await cache.get("k") is None
+    assert (cache.stats.replays, cache.stats.awaiting_replay) == (1, False)
+    assert await cache.set("k", 4) is True
+    assert await cache.get("k") == 4
 
 
 async def test_outage_logs_at_a_bounded_rate(
