@@ -731,24 +731,29 @@ class Engine:
         (HIT, int) for a counter, (MISS, `MISSING`) for a lease, an entry of another
         generation or, in a signed cache, a plain integer, or (DECODE_ERROR, the reason).
         """
-        if _is_lease(data):
-            return Outcome.MISS, MISSING
-        if _COUNTER.fullmatch(data):
-            if self.signer is not None:
-                # A plain integer cannot be told from a counter (INCRBY needs them unsigned),
-                # and anyone who can write to the store can write one: a signed cache serves
-                # none, and drops none either. `incr(key, 0)` reads a counter.
+        signer = self.signer
+        # An unsigned entry, the common case, is told apart by its first byte alone.
+        if signer is not None or not data or data[0] != MAGIC:
+            if _is_lease(data):
                 return Outcome.MISS, MISSING
-            return Outcome.HIT, int(data)
-        if self.signer is not None:
-            opened = self.signer.open(full, data)
-            if opened is None:
-                return Outcome.DECODE_ERROR, _UNSIGNED
-            data = opened
+            if _COUNTER.fullmatch(data):
+                if signer is not None:
+                    # A plain integer cannot be told from a counter (INCRBY needs them
+                    # unsigned), and anyone who can write to the store can write one: a signed
+                    # cache serves none, and drops none either. `incr(key, 0)` reads a counter.
+                    return Outcome.MISS, MISSING
+                return Outcome.HIT, int(data)
+            if signer is not None:
+                opened = signer.open(full, data)
+                if opened is None:
+                    return Outcome.DECODE_ERROR, _UNSIGNED
+                data = opened
         if len(data) < HEADER_SIZE or data[0] != MAGIC or data[1] != FORMAT:
             return Outcome.DECODE_ERROR, "not a cachetier entry (foreign or corrupt value)"
         if not self.current(data):
             return Outcome.MISS, MISSING
+        if not data[2]:
+            return Opened(data, _NO_TAGS, _NO_STAMPS, HEADER_SIZE)
         try:
             keys, stamps, offset = entry_tags(data)
         except (ValueError, IndexError, struct.error) as exc:
@@ -1244,6 +1249,10 @@ class Engine:
         if guard and not stored:
             await self.release(full, guard)
         return result
+
+
+_NO_TAGS: Final[list[str]] = []
+_NO_STAMPS: Final[list[bytes]] = []
 
 
 @final
