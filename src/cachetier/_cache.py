@@ -122,6 +122,7 @@ class Cache:
             from .backends.memory import MemoryBackend
 
             backend = MemoryBackend()
+        _check_backend(backend)
         if not 0.0 <= ttl_jitter < 1.0:
             raise ConfigurationError(f"ttl_jitter must be in [0, 1), got {ttl_jitter!r}")
         if not version_check_interval >= 0:
@@ -287,6 +288,7 @@ class Cache:
         Meant for tests: ``with cache.use(MemoryBackend()):``. The previous backend is restored
         on exit; nesting works. The swap is visible to every task, not only the current one.
         """
+        _check_backend(backend)
         engine = self._engine
         previous = engine.backend
         engine.set_backend(backend)
@@ -881,6 +883,26 @@ class Cache:
         """
         return await check_health(
             self._engine, self._keys.namespace, self._keys.version, degraded_after_ms
+        )
+
+
+_BACKEND_METHODS: Final = ("get", "get_many", "set", "set_many", "add", "delete", "incr", "scan")
+
+
+def _check_backend(backend: object) -> None:
+    """Raises TypeError unless ``backend`` looks like a `Backend` (a URL or a name does not)."""
+    if isinstance(backend, str | bytes):
+        # Never echo it: a URL may hold a password.
+        raise TypeError(
+            f"backend must be a Backend object, not a {type(backend).__name__}: for a URL use "
+            "Cache(RedisBackend.from_url(url)) (from cachetier.backends), or "
+            "Cache.from_settings() to read REDIS_URL and CACHE_BACKEND"
+        )
+    missing = [name for name in _BACKEND_METHODS if not callable(getattr(backend, name, None))]
+    if missing:
+        raise TypeError(
+            f"backend must be a Backend object (RedisBackend, MemoryBackend, NullBackend or "
+            f"your own); a {type(backend).__name__} has no {', '.join(missing)}"
         )
 
 

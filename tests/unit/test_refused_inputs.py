@@ -237,3 +237,24 @@ def test_a_single_string_where_keys_are_expected_is_a_type_error(keys: object) -
     with pytest.raises(TypeError, match=r"keys must be a collection of keys, not a single"):
         check_key_collection(keys)
     check_key_collection(["abc"])
+
+
+@pytest.mark.parametrize("backend", ["redis://:hunter2@localhost:6379/0", "redis", b"memory"])
+def test_a_url_or_a_name_given_as_backend_is_refused_at_construction(backend: object) -> None:
+    with pytest.raises(TypeError, match=r"RedisBackend\.from_url.*Cache\.from_settings") as caught:
+        Cache(backend=backend)  # type: ignore[arg-type]  # the mistake under test
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("backend", [42, object(), {"get": 1}])
+def test_an_object_that_is_no_backend_is_refused_naming_what_it_lacks(backend: object) -> None:
+    with pytest.raises(TypeError, match="has no get"):
+        Cache(backend=backend)  # type: ignore[arg-type]  # the mistake under test
+
+
+def test_use_refuses_what_is_no_backend_and_keeps_the_one_it_had() -> None:
+    cache = Cache()
+    before = cache.backend
+    with pytest.raises(TypeError, match=r"RedisBackend\.from_url"), cache.use("redis://x"):  # type: ignore[arg-type]
+        pass
+    assert cache.backend is before
