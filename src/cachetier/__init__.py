@@ -15,6 +15,7 @@ from ._errors import (
     SerializationError,
 )
 from ._health import HealthReport
+from ._inspect import Inspection, InspectionState
 from ._keys import KeyBuilder
 from ._local import LocalTier
 from ._policy import PolicyOptions
@@ -38,6 +39,8 @@ __all__ = (
     "ConfigurationError",
     "CounterError",
     "HealthReport",
+    "Inspection",
+    "InspectionState",
     "KeyBuilder",
     "LocalTier",
     "LockTimeout",

@@ -27,6 +27,7 @@ from ._engine import TAG_KEEP, Engine, FetchSpec, Opened, check_tags
 from ._entry import EntrySigner, new_stamp
 from ._errors import BackendError, ConfigurationError
 from ._health import HealthReport, check_health
+from ._inspect import Inspection, inspect_entry
 from ._keys import KeyBuilder, check_key_collection
 from ._local import LocalTier
 from ._log import LOGGER
@@ -383,6 +384,29 @@ class Cache:
                 result[key] = value
         return result
 
+    async def inspect(self, key: str) -> Inspection:
+        """Returns what ``key`` holds and whether a read would serve it, changing nothing.
+
+        Unlike `get`, it tells the kinds of absence apart (expired, leased by a computation,
+        written before `bump_version`, invalidated through a tag, stale, undecodable ...) and
+        leaves an entry it cannot decode in place. For operators and the ``cachetier get``
+        command. Added in 0.2.
+
+        Raises:
+            TypeError: ``key`` is not a ``str``.
+            BackendError: the backend failed (whether or not the cache is strict).
+        """
+        full = self._keys.full(key)
+        engine = self._engine
+        engine.gate("GET")
+        try:
+            found = await inspect_entry(engine, key, full, engine.serializer.loads)
+        except BackendError as exc:
+            engine.backend_failed("inspect", exc, always_raise=True)
+            raise  # pragma: no cover - backend_failed raised already
+        engine.succeeded()
+        return found
+
     async def exists(self, key: str) -> bool:
         """Returns whether ``key`` holds a value; ``False`` when the backend fails open.
 
@@ -718,25 +742,40 @@ class Cache:
 
     # -- invalidation -----------------------------------------------------------------------
 
-    async def delete_pattern(self, pattern: str) -> int:
+    async def delete_pattern(
+        self, pattern: str, *, on_progress: Callable[[int, int], object] | None = None
+    ) -> int:
         """Removes the keys of this namespace and version that match a Redis glob ``pattern``.
 
         The pattern is relative, like keys: ``"tasks:pending:*"``. It is applied with SCAN and
         removed in batches with UNLINK, never with KEYS, so the server stays responsive.
-        Returns how many keys were removed; a failure part way fails open with the count so far.
+        Returns how many keys were removed; a failure part way fails open with the count so far
+        (and the pattern is journaled, to be applied again once the backend answers).
+        ``on_progress``, if given, is called after each SCAN step with the number of keys
+        scanned and removed so far (``cachetier invalidate`` shows them). Added in 0.2.
 
         Raises:
             TypeError: ``pattern`` is not a ``str``.
             BackendError: the backend failed and the cache is strict.
         """
-        return await self._delete_matching(self._keys.pattern(pattern), tag_keys=False)
+        return await self._delete_matching(
+            self._keys.pattern(pattern), tag_keys=False, on_progress=on_progress
+        )
 
-    async def _delete_matching(self, full_pattern: str, *, tag_keys: bool) -> int:
+    async def _delete_matching(
+        self,
+        full_pattern: str,
+        *,
+        tag_keys: bool,
+        on_progress: Callable[[int, int], object] | None = None,
+    ) -> int:
         engine = self._engine
         try:
             engine.gate("SCAN")
             await engine.trusted()
-            deleted, failure = await engine.unlink_matching(full_pattern, tag_keys=tag_keys)
+            deleted, failure = await engine.unlink_matching(
+                full_pattern, tag_keys=tag_keys, on_progress=on_progress
+            )
         except BackendError as exc:
             deleted, failure = 0, exc
         finally:

@@ -16,18 +16,14 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Final
 
 from . import _demo
 from ._cache import Cache
-from ._engine import _COUNTER, _UNSIGNED, LEASE_TTL, Opened
-from ._entry import FORMAT, HEADER, LEASE_PREFIX, MAGIC, SIGNED_MAGIC
 from ._errors import BackendError, ConfigurationError
 from ._settings import CacheSettings, describe_backend_choice
-from ._types import MISSING, Outcome
 from ._version import __version__
 
 __all__ = ("main",)
@@ -40,6 +36,8 @@ EXIT_BACKEND: Final = 3
 # `health` maps the report's status to an exit code that scripts and probes can test.
 _HEALTH_EXIT: Final = {"healthy": 0, "disabled": 0, "degraded": 1, "unhealthy": 2}
 
+_PROGRESS_EVERY: Final = 0.1
+"""Seconds between redraws of a progress line."""
 _SCAN_BATCH: Final = 500
 
 # The entry format this version reads (byte 1 of an entry; see `cachetier._entry`).
@@ -203,11 +201,15 @@ async def _health(cache: Cache, args: argparse.Namespace) -> int:
 async def _keys(cache: Cache, args: argparse.Namespace) -> int:
     found: list[str] = []
     more = False
-    async for key in _matching_keys(cache, args.pattern):
-        if args.limit and len(found) >= args.limit:
-            more = True
-            break
-        found.append(key)
+    progress = _Progress("found", quiet=args.quiet)
+    try:
+        async for key in _matching_keys(cache, args.pattern, progress=progress):
+            if args.limit and len(found) >= args.limit:
+                more = True
+                break
+            found.append(key)
+    finally:
+        progress.done()
     # SCAN returns keys in hash order; sorted output is easier to read and to diff.
     for key in sorted(found):
         print(key)
@@ -221,8 +223,8 @@ async def _keys(cache: Cache, args: argparse.Namespace) -> int:
 
 
 async def _get(cache: Cache, args: argparse.Namespace) -> int:
-    found = await _inspect(cache, args.key)
-    if found.value is MISSING:
+    found = await cache.inspect(args.key)
+    if not found.served:
         raise _Failure(f"no value at {args.key!r}: {found.reason}", EXIT_NO)
     if found.reason:
         print(f"cachetier: note: {args.key!r} holds {found.reason}", file=sys.stderr)
@@ -233,111 +235,6 @@ async def _get(cache: Cache, args: argparse.Namespace) -> int:
         )
     )
     return EXIT_OK
-
-
-@dataclass(frozen=True)
-class _Found:
-    """What a key holds: a value (or `MISSING`), and why there is none, or a note on the value."""
-
-    value: object
-    reason: str = ""
-
-
-async def _inspect(cache: Cache, key: str) -> _Found:
-    """Reads ``key`` and says what it holds, changing nothing.
-
-    `Cache.get` is no use here: it reports every kind of absence the same way, and it removes
-    an entry it cannot decode, which would destroy what the user is trying to look at.
-    """
-    # The engine is private to the package; this reads through it because no public call
-    # reads an entry without acting on it.
-    engine = cache._engine
-    full = cache.keys.full(key)
-    # The first read of a process fetches the namespace generation in the same MGET, so the
-    # entry is judged against the generation `bump-version` last set.
-    data = await engine.fetch_one(full)
-    if data is None:
-        if await cache.backend.exists(full):
-            # MGET answers nil for a key of another Redis type.
-            return _Found(
-                MISSING,
-                "the key holds a Redis type other than a string (data another program "
-                "wrote), not a cache entry",
-            )
-        return _Found(MISSING, "absent or expired")
-    if len(data) == len(LEASE_PREFIX) + 16 and data.startswith(LEASE_PREFIX):
-        return _Found(
-            MISSING,
-            "a computation in progress holds it (a lease, kept at most "
-            f"{LEASE_TTL:g} s); its result is stored when it finishes, and reads treat the key "
-            "as absent until then",
-        )
-    if engine.signer is None and data[:1] == bytes((SIGNED_MAGIC,)):
-        # The application, holding the key, may well read it: this is no fault of the entry.
-        return _Found(
-            MISSING,
-            "it is a signed entry (Cache(signing_key=...)) and CACHE_SIGNING_KEY is not set "
-            "here; set it as the application does to read the entry",
-        )
-    if data[:1] == bytes((MAGIC,)) and len(data) >= 2 and data[1] != FORMAT:
-        return _undecodable(
-            f"it has entry format {data[1]}, from another version of cachetier (this one "
-            f"reads format {FORMAT})"
-        )
-    now = engine.clock()
-    opened = engine.examine(full, data)
-    if not isinstance(opened, Opened):
-        outcome, value = opened
-        if outcome is Outcome.DECODE_ERROR:
-            if engine.signer is not None and value == _UNSIGNED:
-                return _undecodable(
-                    "its signature does not verify with CACHE_SIGNING_KEY (unsigned, tampered "
-                    "with, or written under another key)"
-                )
-            return _undecodable(str(value))
-        if outcome is Outcome.HIT:
-            return _Found(value, "a counter (written by cache.incr)")
-        if _COUNTER.fullmatch(data):
-            return _Found(
-                MISSING,
-                "it holds a plain integer, which a signed cache never serves: read a counter "
-                "with cache.incr(key, 0)",
-            )
-        generation = HEADER.unpack_from(data)[4]
-        return _Found(
-            MISSING,
-            f"it was written at generation {generation}, but this namespace and version are "
-            f"at generation {engine.generation} (bump-version, or a store that lost its "
-            "generation); reads treat it as absent, and it stays until it expires or is "
-            "overwritten",
-        )
-    if opened.tag_keys and not await engine.tags_hold(opened.tag_keys, opened.stamps):
-        return _Found(
-            MISSING,
-            "one of its tags was invalidated after it was computed (invalidate --tag); reads "
-            "treat it as absent, and it stays until it expires or is overwritten",
-        )
-    outcome, value = engine.finish(opened, cache.serializer.loads, now)
-    if outcome is Outcome.DECODE_ERROR:
-        return _undecodable(str(value))
-    if outcome is Outcome.HIT:
-        return _Found(value, "")
-    fresh_until = HEADER.unpack_from(opened.data)[6]
-    stale_since = datetime.fromtimestamp(fresh_until, timezone.utc)
-    return _Found(
-        MISSING,
-        f"its value went stale {now - fresh_until:.0f} s ago (at "
-        f"{stale_since:%Y-%m-%d %H:%M:%S} UTC); it is kept only for stale-while-revalidate "
-        "or stale-if-error, and a plain read treats it as absent",
-    )
-
-
-def _undecodable(reason: str) -> _Found:
-    return _Found(
-        MISSING,
-        f"the entry could not be decoded: {reason}. It was left in place; the application "
-        "removes it on its next read of the key",
-    )
 
 
 async def _invalidate(cache: Cache, args: argparse.Namespace) -> int:
@@ -356,7 +253,11 @@ async def _invalidate(cache: Cache, args: argparse.Namespace) -> int:
         in_use = await cache.invalidate_tags(*args.tags)
         print(f"invalidated {_plural(len(args.tags), 'tag')} ({in_use} in use)")
     if args.pattern is not None:
-        deleted = await cache.delete_pattern(args.pattern)
+        progress = _Progress("deleted", quiet=args.quiet)
+        try:
+            deleted = await cache.delete_pattern(args.pattern, on_progress=progress)
+        finally:
+            progress.done()
         print(f"deleted {_plural(deleted, 'key')}")
     return EXIT_OK
 
@@ -398,21 +299,63 @@ async def _generation(cache: Cache) -> int:
 
 
 async def _matching_keys(
-    cache: Cache, pattern: str, *, entries: bool = False
+    cache: Cache,
+    pattern: str,
+    *,
+    entries: bool = False,
+    progress: Callable[[int, int], object] | None = None,
 ) -> AsyncIterator[str]:
     """Yields each relative key matching ``pattern`` once, through SCAN (never KEYS).
 
     With ``entries``, leaves out the generation counter, which `delete_pattern` never deletes.
+    ``progress`` is told the keys scanned and yielded after each SCAN step.
     """
     prefix = cache.keys.prefix
     skip = cache.keys.generation_key() if entries else None
     seen: set[str] = set()
+    scanned = 0
     async for batch in cache.backend.scan(cache.keys.pattern(pattern), count=_SCAN_BATCH):
+        scanned += len(batch)
         for stored_key in batch:
             # SCAN may return a key more than once when the keyspace is rehashed meanwhile.
             if stored_key not in seen and stored_key != skip:
                 seen.add(stored_key)
                 yield stored_key[len(prefix) :]
+        if progress is not None:
+            progress(scanned, len(seen))
+
+
+class _Progress:
+    """A progress line on stderr, redrawn in place, shown only to a person at a terminal.
+
+    Piped or redirected output (a script, a log) gets none, and neither does ``--quiet``.
+    """
+
+    def __init__(self, verb: str, *, quiet: bool) -> None:
+        self.verb = verb
+        self.shown = False
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.started = self.drawn = time.monotonic()
+
+    def __call__(self, scanned: int, done: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.drawn < _PROGRESS_EVERY and self.shown:
+            return
+        self.drawn = now
+        rate = scanned / max(now - self.started, 1e-9)
+        sys.stderr.write(
+            f"\rcachetier: scanned {scanned:,} keys, {self.verb} {done:,} ({rate:,.0f} keys/s)"
+        )
+        sys.stderr.flush()
+        self.shown = True
+
+    def done(self) -> None:
+        """Ends the progress line, if one was drawn, so that what follows starts afresh."""
+        if self.shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
 
 
 def _print_table(data: dict[str, object]) -> None:
@@ -498,6 +441,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="stop after N keys (default: 100; 0 lists all)",
     )
+    keys.add_argument("--quiet", action="store_true", help="show no progress on a terminal")
     keys.set_defaults(run=_keys, needs_shared_backend=True)
 
     get = commands.add_parser(
@@ -551,6 +495,7 @@ examples:
         action="store_true",
         help="list the keys matching PATTERN, and delete nothing (not with --tag)",
     )
+    invalidate.add_argument("--quiet", action="store_true", help="show no progress on a terminal")
     invalidate.set_defaults(
         run=_invalidate,
         needs_shared_backend=True,

@@ -681,7 +681,11 @@ class Engine:
         )
 
     async def unlink_matching(
-        self, full_pattern: str, *, tag_keys: bool
+        self,
+        full_pattern: str,
+        *,
+        tag_keys: bool,
+        on_progress: Callable[[int, int], object] | None = None,
     ) -> tuple[int, BackendError | None]:
         """SCANs for the keys matching ``full_pattern`` and UNLINKs them in batches.
 
@@ -689,16 +693,18 @@ class Engine:
         generation is never removed: processes still reading at it would otherwise disagree
         with those that see it gone. Tag stamps go only when ``tag_keys`` (`Cache.clear`): a
         pattern may well match one by chance (``*:1`` and the stamp of tag ``project:1``).
+        ``on_progress`` is called after each SCAN step with the keys scanned and removed so far.
         """
         generation_key = self.generation_key
         tag_prefix = self.keys.tag_key("")
         backend = self.backend
-        deleted = 0
+        deleted = scanned = 0
         # Each batch's UNLINK runs while the next SCAN step is under way: one round trip per
         # batch instead of two, and still at most one batch of keys in flight.
         unlinking: asyncio.Future[int] | None = None
         try:
             async for batch in backend.scan(full_pattern, count=_BATCH):
+                scanned += len(batch)
                 keys = [
                     key
                     for key in batch
@@ -709,6 +715,8 @@ class Engine:
                     unlinking = None
                 if keys:
                     unlinking = asyncio.ensure_future(backend.delete(*keys))
+                if on_progress is not None:
+                    on_progress(scanned, deleted)
             if unlinking is not None:
                 deleted += await unlinking
                 unlinking = None

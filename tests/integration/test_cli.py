@@ -546,3 +546,86 @@ async def test_health_of_disabled_caching_exits_0(base_env: dict[str, str], tmp_
     result = await run_cli("health", "--json", env=env, cwd=tmp_path)
     assert result.code == 0, result.stderr
     assert json.loads(result.stdout)["status"] == "disabled"
+
+
+async def _fill(cache: Cache, count: int) -> None:
+    """Stores ``count`` keys under ``bulk:`` in a few round trips (their values do not matter)."""
+    items = {cache.keys.full(f"bulk:{n}"): b"x" for n in range(count)}
+    keys = list(items)
+    for start in range(0, count, 10_000):
+        await cache.backend.set_many({key: items[key] for key in keys[start : start + 10_000]})
+
+
+def _run_on_a_terminal(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    """Runs ``python -m cachetier args`` with stderr on a pseudo-terminal; returns what it said."""
+    import pty
+    import subprocess
+
+    main, side = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cachetier", *args],
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=side,
+        )
+        os.close(side)
+        side = -1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the terminal closed: the command has ended
+                break
+            if not chunk:
+                break
+            seen += chunk
+        stdout, _ = process.communicate(timeout=60)
+    finally:
+        os.close(main)
+        if side != -1:
+            os.close(side)
+    return process.returncode, stdout.decode(), seen.decode()
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+async def test_invalidate_shows_progress_on_a_terminal_and_none_when_piped(
+    cli_env: dict[str, str], tmp_path: Path, cache: Cache
+) -> None:
+    await _fill(cache, 100_000)
+    code, stdout, terminal = await asyncio.to_thread(
+        _run_on_a_terminal, ["invalidate", "bulk:*"], cli_env, tmp_path
+    )
+    assert code == 0, terminal
+    assert stdout.strip() == "deleted 100000 keys"
+    assert "cachetier: scanned " in terminal
+    assert "keys/s)" in terminal
+    assert terminal.endswith("\r\n")  # the progress line is ended before the command exits
+
+    await _fill(cache, 10_000)
+    piped = await run_cli("invalidate", "bulk:*", env=cli_env, cwd=tmp_path)
+    assert piped.code == 0
+    assert piped.stdout.strip() == "deleted 10000 keys"
+    assert piped.stderr == ""
+
+    await _fill(cache, 10_000)
+    code, stdout, terminal = await asyncio.to_thread(
+        _run_on_a_terminal, ["invalidate", "bulk:*", "--quiet"], cli_env, tmp_path
+    )
+    assert (code, stdout.strip(), terminal) == (0, "deleted 10000 keys", "")
+
+
+@pytest.mark.redis
+async def test_keys_shows_progress_on_a_terminal(
+    cli_env: dict[str, str], tmp_path: Path, cache: Cache
+) -> None:
+    await _fill(cache, 2_000)
+    code, stdout, terminal = await asyncio.to_thread(
+        _run_on_a_terminal, ["keys", "bulk:*", "--limit", "0"], cli_env, tmp_path
+    )
+    assert code == 0, terminal
+    assert len(stdout.split()) == 2_000
+    assert "cachetier: scanned " in terminal
+    assert ", found " in terminal

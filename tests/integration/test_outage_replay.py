@@ -1,0 +1,279 @@
+"""Issue 19: an invalidation that cannot reach Redis is journaled and replayed before Redis is
+trusted again, and a restarted Redis empties the local tier that followed the old one.
+
+Each test runs redis-server processes of its own and kills (SIGKILL) or freezes (SIGSTOP) them.
+The servers that come back after a kill keep an append-only file fsynced on every write, so they
+return with the entries from before the kill: the worst case for an invalidation lost on the way.
+Two `Cache` objects with their own connections, breakers and journals stand for processes A and
+B (the engine keeps no state between `Cache` objects, so a subprocess would add start-up time
+and nothing else). Both read one "database" dict through a decorated function, so a read that
+returns the old value can only have come from the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cachetier import BackendError, Cache, CachedFunction, CircuitBreaker, LocalTier
+from cachetier.backends import RedisBackend
+from cachetier.testing import FakeClock
+
+from ..conftest import REQUIRE_REDIS
+from ..servers import REDIS_SERVER, RedisServer
+
+pytestmark = pytest.mark.redis
+
+OLD, NEW = 10, 20
+COMMAND_TIMEOUT = 0.1
+CONNECT_TIMEOUT = 0.1
+THRESHOLD = 2
+COOLDOWN = 0.2
+POLL = 0.01
+# "Within seconds": how long A may take to reach the server again, and B to stop serving the old
+# value after that. Passing runs take a cool-down plus `version_check_interval` (0.25 s) at most.
+RECOVERY = 3.0
+# How long A and B are watched after recovery for a return of the old value.
+WATCH = 0.25
+HEARTBEAT = 0.1
+KINDS = ["key", "function", "tag", "pattern", "version"]
+
+
+def need_redis_server() -> None:
+    if REDIS_SERVER is None:
+        message = "redis-server is not installed (apt-get install redis-server)"
+        if REQUIRE_REDIS:
+            pytest.fail(message + " [CACHETIER_REQUIRE_REDIS=1 makes this a failure]")
+        pytest.skip(message)
+
+
+@pytest.fixture
+def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server that fsyncs every write to its AOF, so a restart brings back what it had."""
+    need_redis_server()
+    server = RedisServer(tmp_path, None, "--appendonly", "yes", "--appendfsync", "always")
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            os.kill(server.process.pid, signal.SIGCONT)  # in case a test stopped it and failed
+        server.stop()
+
+
+@pytest.fixture
+def forgetful_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server without persistence: it comes back empty."""
+    need_redis_server()
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class Process:
+    """One application process: its cache and a cached function over the shared database."""
+
+    cache: Cache
+    price: CachedFunction[[int], int]
+    runs: Counter[int]
+
+
+@pytest.fixture
+async def processes() -> AsyncIterator[list[Process]]:
+    """The processes a test made; closed at the end."""
+    made: list[Process] = []
+    yield made
+    for process in made:
+        await process.cache.aclose()
+
+
+def start_process(
+    made: list[Process],
+    url: str,
+    db: dict[int, int],
+    *,
+    breaker: CircuitBreaker | None = None,
+    **options: Any,
+) -> Process:
+    backend = RedisBackend.from_url(
+        url, connect_timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT
+    )
+    cache = Cache(
+        backend,
+        namespace="outage",
+        default_ttl=3600,
+        breaker=breaker or CircuitBreaker(threshold=THRESHOLD, cooldown=COOLDOWN),
+        **options,
+    )
+    runs: Counter[int] = Counter()
+
+    @cache.cached(ttl=3600, key="item:{item}", tags=["item:{item}"])
+    async def price(item: int) -> int:
+        runs[item] += 1
+        return db[item]
+
+    process = Process(cache, price, runs)
+    made.append(process)
+    return process
+
+
+async def invalidate(process: Process, kind: str, item: int) -> None:
+    """A's invalidation of ``item`` after its database write, one way or another."""
+    cache = process.cache
+    if kind == "key":
+        await cache.delete(f"item:{item}")
+    elif kind == "function":
+        await process.price.invalidate(item)
+    elif kind == "tag":
+        await cache.invalidate_tags(f"item:{item}")
+    elif kind == "pattern":
+        await cache.delete_pattern("item:*")
+    else:
+        assert kind == "version"
+        with pytest.raises(BackendError):  # a lost bump must not go unnoticed
+            await cache.bump_version()
+
+
+async def restart(server: RedisServer) -> None:
+    """Starts a killed server again on its port, from its files if it keeps any."""
+    await asyncio.to_thread(server.start)
+
+
+async def kill(server: RedisServer) -> None:
+    await asyncio.to_thread(server.kill)
+
+
+def freeze(server: RedisServer, sig: signal.Signals) -> None:
+    assert server.process is not None
+    os.kill(server.process.pid, sig)
+
+
+async def a_recovers(a: Process, items: list[int], new: dict[int, int]) -> None:
+    """Calls A until it reads every item from the server again: each answer must be new."""
+    deadline = time.monotonic() + RECOVERY
+    hits = a.cache.stats.hits
+    while True:
+        for item in items:
+            value = await a.price(item)
+            assert value == new[item], f"A returned the old value of item {item} after recovery"
+        if a.cache.stats.hits >= hits + len(items):
+            return  # every item came from the server, recomputed after the invalidation
+        assert time.monotonic() < deadline, f"A did not reach the server within {RECOVERY} s"
+        await asyncio.sleep(POLL)
+
+
+async def b_follows(b: Process, items: list[int], new: dict[int, int]) -> float:
+    """Calls B until it returns every new value; returns how long that took."""
+    started = time.monotonic()
+    while True:
+        values = {item: await b.price(item) for item in items}
+        if values == {item: new[item] for item in items}:
+            return time.monotonic() - started
+        assert time.monotonic() - started < RECOVERY, (
+            f"B still returned {values} {RECOVERY} s after A reached the server again"
+        )
+        await asyncio.sleep(POLL)
+
+
+async def neither_goes_back(
+    processes: list[Process], items: list[int], new: dict[int, int]
+) -> None:
+    deadline = time.monotonic() + WATCH
+    while time.monotonic() < deadline:
+        for name, process in zip("AB", processes, strict=True):
+            for item in items:
+                assert await process.price(item) == new[item], f"{name} went back to the old value"
+        await asyncio.sleep(POLL)
+
+
+# -- 1. Redis killed, A invalidates, Redis restarts from its AOF ---------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_an_invalidation_during_a_crash_is_replayed_before_the_restarted_server_is_read(
+    persistent_redis: RedisServer, processes: list[Process], kind: str
+) -> None:
+    server = persistent_redis
+    db = {1: OLD}
+    a = start_process(processes, server.url, db)
+    b = start_process(processes, server.url, db)
+    assert await a.price(1) == OLD
+    assert await b.price(1) == OLD
+    assert b.runs[1] == 0, "B should have read A's entry from the server"
+
+    await kill(server)
+    db[1] = NEW
+    await invalidate(a, kind, 1)
+    for _ in range(3):  # the outage: A's calls fail open and the function runs
+        assert await a.price(1) == NEW, "A returned the old value during the outage"
+    await restart(server)
+
+    # The restarted server has the old entry, and B knows nothing of A's invalidation.
+    assert await b.price(1) == OLD, "precondition: the server came back with the old entry"
+    await a_recovers(a, [1], db)
+    stats = a.cache.stats
+    assert (stats.replays, stats.awaiting_replay) == (1, False)
+    assert stats.journaled >= 1
+    await b_follows(b, [1], db)
+    await neither_goes_back([a, b], [1], db)
+
+
+# -- 2. Redis frozen after A's breaker opened: A's invalidation is never sent --------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_an_invalidation_skipped_by_an_open_breaker_is_replayed_when_the_server_answers(
+    persistent_redis: RedisServer, processes: list[Process], kind: str
+) -> None:
+    server = persistent_redis
+    db = {1: OLD}
+    # A fake clock holds A's breaker open until the test lets it probe: nothing A does while it
+    # is open can reach the frozen server's socket and run once the server thaws.
+    breaker_clock = FakeClock()
+    a = start_process(
+        processes,
+        server.url,
+        db,
+        breaker=CircuitBreaker(threshold=THRESHOLD, cooldown=COOLDOWN, clock=breaker_clock),
+    )
+    b = start_process(processes, server.url, db)
+    assert await a.price(1) == OLD
+    assert await b.price(1) == OLD
+
+    freeze(server, signal.SIGSTOP)
+    try:
+        breaker = a.cache._engine.breaker if False else None  # noqa: F841 - see below
+        a_breaker = _breaker_of(a)
+        for _ in range(10 * THRESHOLD):
+            if a_breaker.state == "open":
+                break
+            assert await a.price(1) == OLD  # times out, fails open; nothing changed yet
+        assert a_breaker.state == "open"
+        db[1] = NEW
+        await invalidate(a, kind, 1)
+        for _ in range(3):
+            assert await a.price(1) == NEW, "A returned the old value while the breaker was open"
+    finally:
+        freeze(server, signal.SIGCONT)
+
+    assert await b.price(1) == OLD, "precondition: A's invalidation never reached the server"
+    breaker_clock.advance(COOLDOWN)
+    await a_recovers(a, [1], db)
+    stats = a.cache.stats
+    assert (stats.replays, stats.awaiting_replay) == (1, False)
+    assert stats.journaled >= 1
+    await b_follows(b, [1], db)
+    await neither_goes_back([a, b], [1], db)
