@@ -243,20 +243,14 @@ async def test_an_invalidation_skipped_by_an_open_breaker_is_replayed_when_the_s
     # A fake clock holds A's breaker open until the test lets it probe: nothing A does while it
     # is open can reach the frozen server's socket and run once the server thaws.
     breaker_clock = FakeClock()
-    a = start_process(
-        processes,
-        server.url,
-        db,
-        breaker=CircuitBreaker(threshold=THRESHOLD, cooldown=COOLDOWN, clock=breaker_clock),
-    )
+    a_breaker = CircuitBreaker(threshold=THRESHOLD, cooldown=COOLDOWN, clock=breaker_clock)
+    a = start_process(processes, server.url, db, breaker=a_breaker)
     b = start_process(processes, server.url, db)
     assert await a.price(1) == OLD
     assert await b.price(1) == OLD
 
     freeze(server, signal.SIGSTOP)
     try:
-        breaker = a.cache._engine.breaker if False else None  # noqa: F841 - see below
-        a_breaker = _breaker_of(a)
         for _ in range(10 * THRESHOLD):
             if a_breaker.state == "open":
                 break
@@ -277,3 +271,75 @@ async def test_an_invalidation_skipped_by_an_open_breaker_is_replayed_when_the_s
     assert stats.journaled >= 1
     await b_follows(b, [1], db)
     await neither_goes_back([a, b], [1], db)
+
+
+# -- 3. More failed invalidations than the journal holds: one bump_version -----------------------
+
+
+async def test_a_journal_past_its_limit_replays_as_one_bump_of_the_version(
+    persistent_redis: RedisServer, processes: list[Process]
+) -> None:
+    server = persistent_redis
+    items = [1, 2, 3, 4, 5, 6]
+    deleted = items[:5]
+    db = dict.fromkeys(items, OLD)
+    a = start_process(processes, server.url, db, journal_limit=3)
+    b = start_process(processes, server.url, db)
+    for item in items:
+        assert await a.price(item) == OLD
+        assert await b.price(item) == OLD
+
+    await kill(server)
+    for item in deleted:
+        db[item] = NEW
+        await a.cache.delete(f"item:{item}")
+    await restart(server)
+
+    assert [await b.price(item) for item in deleted] == [OLD] * 5, "precondition"
+    runs_before = a.runs.copy()
+    await a_recovers(a, items, db)
+    stats = a.cache.stats
+    assert (stats.journaled, stats.journal_overflows, stats.replays) == (5, 1, 1)
+    assert not stats.awaiting_replay
+    # Every entry of the namespace was a miss for A, item 6 too, which no delete named: the
+    # replay was a bump of the version, not the last keys the journal could hold.
+    assert a.runs - runs_before == Counter(dict.fromkeys(items, 1))
+    await b_follows(b, items, db)
+    await neither_goes_back([a, b], items, db)
+
+
+# -- 4. A restarted server empties the local tier that followed the old one ----------------------
+
+
+async def test_a_restarted_server_empties_the_local_tier_that_followed_the_old_one(
+    forgetful_redis: RedisServer, processes: list[Process]
+) -> None:
+    server = forgetful_redis
+    db = {1: OLD}
+    a = start_process(processes, server.url, db, local=LocalTier(heartbeat=HEARTBEAT))
+    deadline = time.monotonic() + RECOVERY
+    while True:  # until A serves the item from its local tier: a hit without a backend call
+        calls = a.cache.stats.backend_calls
+        hits = a.cache.stats.hits
+        assert await a.price(1) == OLD
+        if a.cache.stats.hits > hits and a.cache.stats.backend_calls == calls:
+            break
+        assert time.monotonic() < deadline, "the local tier never served the item"
+        await asyncio.sleep(POLL)
+
+    # The database changes behind the cache's back; the restarted server has no entry for it,
+    # so a value from before the restart must not outlive the tier's staleness bound.
+    db[1] = NEW
+    await kill(server)
+    await restart(server)
+    restarted = time.monotonic()
+    bound = 3 * HEARTBEAT + 0.5  # three heartbeats, and scheduling room on a loaded machine
+    while await a.price(1) == OLD:
+        assert time.monotonic() - restarted < bound, (
+            f"A's local tier still served the old value {bound:g} s after the restart"
+        )
+        await asyncio.sleep(POLL)
+    deadline = time.monotonic() + WATCH
+    while time.monotonic() < deadline:
+        assert await a.price(1) == NEW, "A's local tier went back to the old value"
+        await asyncio.sleep(POLL)
