@@ -74,17 +74,20 @@ class Journal:
         bump: bool = False,
     ) -> None:
         """Writes down an invalidation that did not reach the backend (or may not have)."""
+        self.journaled += 1
+        self.pending = True
         pending = self._pending
+        if pending.bump and pending.size() == 1:
+            return  # a bump of the generation already stands for anything else
         pending.keys.update(keys)
         pending.tags.update(tags)
         pending.patterns.update(patterns)
         pending.clear = pending.clear or clear
-        pending.bump = pending.bump or bump
-        self.journaled += 1
-        self.pending = True
-        if pending.size() > self.limit and not (pending.bump and pending.size() == 1):
-            # One bump of the generation invalidates every entry of the namespace and version,
-            # whatever the keys, tags and patterns were: it stands for all of them.
+        # One bump of the generation invalidates every entry of the namespace and version,
+        # whatever the keys, tags and patterns were: it stands for all of them.
+        if bump:
+            self._pending = Pending(bump=True)
+        elif pending.size() > self.limit:
             self._pending = Pending(bump=True)
             self.overflows += 1
 
@@ -99,6 +102,8 @@ class Journal:
         pending.merge(self._pending)
         self._pending = pending
         self.pending = pending.size() > 0
-        if pending.size() > self.limit and not (pending.bump and pending.size() == 1):
+        if pending.bump:
+            self._pending = Pending(bump=True)
+        elif pending.size() > self.limit:
             self._pending = Pending(bump=True)
             self.overflows += 1

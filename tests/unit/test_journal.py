@@ -186,3 +186,15 @@ async def test_the_journal_limit_is_checked(clock: FakeClock) -> None:
 
     with pytest.raises(ConfigurationError, match="journal_limit"):
         Cache(journal_limit=0)
+
+
+def test_a_bump_stands_for_everything_journaled_before_or_after_it() -> None:
+    from cachetier._journal import Journal
+
+    journal = Journal(limit=10)
+    journal.record(keys=["a", "b"], tags=["t"])
+    journal.record(bump=True)
+    journal.record(keys=["c"], patterns=["p:*"])
+    pending = journal.take()
+    assert (pending.bump, pending.size(), journal.overflows, journal.journaled) == (True, 1, 0, 3)
+    assert not journal.pending
