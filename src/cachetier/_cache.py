@@ -109,9 +109,9 @@ class Cache:
         version_check_interval: how often, in seconds, a read also fetches the generation that
             `bump_version` increments (in the same round trip), which bounds how long another
             process may serve entries from before a bump; ``0`` checks on every read.
-        local: a process-local tier of decoded values in front of a Redis backend, kept
-            coherent through Redis (see `LocalTier`); ignored, with an INFO line, on backends
-            that cannot report changes (memory, null).
+        local: a process-local tier of decoded values in front of the backend, kept coherent
+            through it (see `LocalTier`): Redis, or a `MemoryBackend` shared by several caches;
+            ignored, with an INFO line, on backends that cannot report changes (null).
         latency_stats: time each backend call for the latency percentiles of `stats` (about
             1 µs a call on Redis; never done for in-process backends). The counters are kept
             either way: they cost two integer increments a read.

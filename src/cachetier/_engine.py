@@ -20,8 +20,9 @@ import re
 import secrets
 import struct
 import time
+import weakref
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Any, Final, cast, final
@@ -65,17 +66,20 @@ __all__ = ("LEASE_TTL", "TAG_KEEP", "Engine", "FetchSpec", "Opened", "check_tags
 
 # Bound once: asked on every read, and the logging module caches its answer per level.
 _debug_enabled: Final = LOGGER.isEnabledFor
-_GENERATION: Final = struct.Struct("<I")
+_GENERATION: Final = struct.Struct("<Q")
 _GENERATION_OFFSET: Final = 4
-_GENERATION_END: Final = 8
+_GENERATION_END: Final = 12
 _FRESH: Final = struct.Struct("<d")
-_FRESH_OFFSET: Final = 16
+_FRESH_OFFSET: Final = 20
 _DELTA: Final = struct.Struct("<f")
-_DELTA_OFFSET: Final = 24
-# Where a store's first generation starts: random, so that no two lifetimes of a generation key
-# (flushed, restarted, evicted) can agree by chance on a generation that entries recorded.
-_GENERATION_FLOOR: Final = 1 << 20
-_GENERATION_SPAN: Final = (1 << 31) - _GENERATION_FLOOR
+_DELTA_OFFSET: Final = 28
+# A generation is an epoch (its high 32 bits: random, drawn when a store has no generation) and
+# a count of bumps in that epoch (its low 32 bits; INCR adds to them). No two lifetimes of a
+# generation key (flushed, restarted, evicted) then share an epoch but by a 2**-31 chance, and
+# within one epoch the count only grows, so an entry of a later count proves a bump happened.
+_EPOCH_SHIFT: Final = 32
+_EPOCH_SPAN: Final = (1 << 31) - 1
+_GENERATION_MASK: Final = (1 << 64) - 1
 _BATCH: Final = 500
 TAG_KEEP: Final = 60.0
 """Seconds a tag's new stamp is kept after `Cache.invalidate_tags` unless an entry needs it
@@ -141,6 +145,7 @@ class Engine:
         "bypassing",
         "clock",
         "failures",
+        "flight_stamps",
         "flights",
         "generation",
         "generation_bytes",
@@ -158,6 +163,7 @@ class Engine:
         "local_settings",
         "max_value_bytes",
         "merge_reads",
+        "overtaken",
         "replaying",
         "serializer",
         "shared",
@@ -212,6 +218,12 @@ class Engine:
         self.clock = clock
         self.stats = StatsRecorder()
         self.flights: SingleFlight[Any] = SingleFlight(on_start=self.track)
+        # Computations an invalidation overtook, and the tag stamps each recorded: what a
+        # caller that joined one checks before taking its result (`run_flight`).
+        self.overtaken: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+        self.flight_stamps: weakref.WeakKeyDictionary[
+            asyncio.Task[Any], list[tuple[str, bytes]]
+        ] = weakref.WeakKeyDictionary()
         self.shared = SharedReads(self)
 
     # -- bookkeeping --------------------------------------------------------------------------
@@ -411,6 +423,7 @@ class Engine:
                     full, guard, data, seconds
                 ):
                     self.succeeded()
+                    self.overtaken_now()
                     if _debug_enabled(logging.DEBUG):
                         LOGGER.debug("cache not storing %s: invalidated while computing", full)
                     return False
@@ -610,11 +623,48 @@ class Engine:
             return
         try:
             self.gate("DEL (lease)")
-            await cast("GuardedBackend", self.backend).delete_if(full, guard)
+            held = await cast("GuardedBackend", self.backend).delete_if(full, guard)
         except BackendError as exc:
             self.backend_failed("release lease", exc)
         else:
             self.succeeded()
+            if not held:
+                self.overtaken_now()  # the lease was gone: an invalidation removed it
+
+    # -- computations that an invalidation overtook --------------------------------------------
+
+    def overtaken_now(self) -> None:
+        """Marks the computation running in the current task as overtaken by an invalidation."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.overtaken.add(task)
+
+    async def run_flight(self, full: str, compute: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+        """Returns the result of the one computation of ``full`` in this process, joining it.
+
+        A caller that joins a computation already under way gets its result only if no
+        invalidation overtook it: one from another process (which this process cannot see
+        coming) removes its lease or replaces the stamps of its tags, and its result, read from
+        the database before that invalidation, is then no answer for a call that may have
+        started after it. Such callers compute again, together. The caller that started the
+        computation takes its result either way: it started before the invalidation.
+        """
+        task, leader = self.flights.start(full, compute)
+        value = await asyncio.shield(task)
+        if leader or not await self.was_overtaken(task):
+            return value
+        self.flights.forget(full, task)
+        task, _ = self.flights.start(full, compute)
+        return await asyncio.shield(task)
+
+    async def was_overtaken(self, task: asyncio.Task[Any]) -> bool:
+        """Whether an invalidation overtook the computation ``task`` ran (see `run_flight`)."""
+        if task in self.overtaken:
+            return True
+        stamps = self.flight_stamps.get(task)
+        if not stamps:
+            return False
+        return not await self.tags_hold([key for key, _ in stamps], [s for _, s in stamps])
 
     # -- invalidations that failed: the journal ----------------------------------------------
 
@@ -863,17 +913,18 @@ class Engine:
         """GETs ``full``; every ``generation_interval`` seconds, with the generation in one MGET.
 
         Keeping up with `bump_version` in other processes so costs no round trip of its own.
-        One read at a time carries the generation; reads meanwhile use the one known, except
-        while none is known: then every read asks.
+        Once the generation known is due for a check, every read asks for it until an answer
+        has been adopted: a read that took the one known meanwhile could serve an entry from
+        before a bump older than the interval.
         """
         if self.journal.pending:
             await self.replay()
         if self.generation is not None and self.clock() < self.generation_due:
             return await self.backend.get(full)
-        self.generation_due = self.clock() + self.generation_interval
+        sent_at = self.clock()
         self.generation_sent = sent = self.generation_sent + 1
         data, generation = await self.backend.get_many([full, self.generation_key])
-        await self.learn_generation(generation, sent)
+        await self.learn_generation(generation, sent, sent_at)
         return data
 
     async def load_many(self, keys: list[str]) -> list[bytes | None]:
@@ -885,10 +936,10 @@ class Engine:
         if not due:
             found = await self.backend.get_many(keys)
         else:
-            self.generation_due = self.clock() + self.generation_interval
+            sent_at = self.clock()
             self.generation_sent = sent = self.generation_sent + 1
             found = await self.backend.get_many([*keys, self.generation_key])
-            await self.learn_generation(found.pop(), sent)
+            await self.learn_generation(found.pop(), sent, sent_at)
         self.succeeded()
         return found
 
@@ -900,12 +951,15 @@ class Engine:
         """
         if self.generation is not None and self.clock() < self.generation_due:
             return
-        self.generation_due = self.clock() + self.generation_interval
+        sent_at = self.clock()
         self.generation_sent = sent = self.generation_sent + 1
-        await self.learn_generation(await self.backend.get(self.generation_key), sent)
+        await self.learn_generation(await self.backend.get(self.generation_key), sent, sent_at)
 
-    async def learn_generation(self, raw: bytes | None, sent: int) -> None:
-        """Adopts the generation as read by the ``sent``-th generation read.
+    async def learn_generation(self, raw: bytes | None, sent: int, sent_at: float) -> None:
+        """Adopts the generation as read by the ``sent``-th generation read, sent at ``sent_at``.
+
+        It is then trusted for ``generation_interval`` from when it was asked for, not from
+        when the answer came: it may have been true only then.
 
         An answer older than one already adopted, or than this process's own `bump_version`,
         is ignored: replies on different connections arrive in any order, and adopting a
@@ -919,18 +973,24 @@ class Engine:
         if sent <= self.generation_seen:
             return
         self.generation_seen = sent
-        self.adopt_generation(int(raw) if _COUNTER.fullmatch(raw) else zlib.crc32(raw))
+        found = (int(raw) if _COUNTER.fullmatch(raw) else zlib.crc32(raw)) & _GENERATION_MASK
+        known = self.generation
+        if known is None or found >> _EPOCH_SHIFT != known >> _EPOCH_SHIFT or found > known:
+            # Within an epoch the count only grows: a lower one is an answer overtaken by a
+            # later count this process saw in an entry.
+            self.adopt_generation(found)
+        self.generation_due = sent_at + self.generation_interval
 
     async def start_generation(self) -> bytes:
         """Stores a random generation unless one is there; returns the one stored."""
-        start = secrets.randbelow(_GENERATION_SPAN) + _GENERATION_FLOOR
+        start = (secrets.randbelow(_EPOCH_SPAN) + 1) << _EPOCH_SHIFT
         if await self.backend.add(self.generation_key, str(start).encode(), None):
             return str(start).encode()
         return await self.backend.get(self.generation_key) or str(start).encode()
 
     def adopt_generation(self, generation: int) -> None:
         """Makes ``generation`` the one entries are checked against and written with."""
-        generation &= 0xFFFFFFFF
+        generation &= _GENERATION_MASK
         if generation != self.generation and self.generation is not None:
             # Another process bumped (or the store lost its generation): nothing this
             # process remembers from before is current.
@@ -945,17 +1005,26 @@ class Engine:
         """
         self.generation_sent = self.generation_seen = self.generation_sent + 1
         self.adopt_generation(generation)
+        self.generation_due = self.clock() + self.generation_interval
         self.changed_all()
 
     def current(self, data: bytes) -> bool:
         """Returns whether the entry ``data`` (header checked) is of the current generation.
 
-        Only an equal generation is current: a store's generation may restart (a flush, a
-        restart, an eviction) at any value, so no order between generations means anything.
-        An entry of another generation makes the next read learn the generation again, in
-        case another process has just bumped it.
+        An entry of a later count in the same epoch proves that another process bumped the
+        generation: it is adopted, and the entry is current. Any other generation is not: an
+        earlier count was bumped away, and another epoch belongs to another life of the store,
+        in which no order means anything. Such an entry also makes the next read learn the
+        generation again, in case another process has just bumped it.
         """
         if data[_GENERATION_OFFSET:_GENERATION_END] == self.generation_bytes:
+            return True
+        known = self.generation
+        found = _GENERATION.unpack_from(data, _GENERATION_OFFSET)[0]
+        if known is not None and found > known and found >> _EPOCH_SHIFT == known >> _EPOCH_SHIFT:
+            # Newer than any generation read under way can answer: those answers are ignored.
+            self.generation_seen = self.generation_sent
+            self.adopt_generation(found)
             return True
         self.generation_due = -math.inf
         return False
@@ -1129,10 +1198,9 @@ class Engine:
             )
 
         if stale is None:
-            value, _ = await self.flights.run(full, compute)
-            return value
+            return await self.run_flight(full, compute)
         try:
-            value, _ = await self.flights.run(full, compute)
+            value = await self.run_flight(full, compute)
         except Exception as exc:  # noqa: BLE001  # stale-if-error absorbs exactly the fetch's own errors
             try:
                 value = spec.codec.loads(stale)
@@ -1235,6 +1303,10 @@ class Engine:
                 await self.release(full, guard)
                 guard = None
         generation = self.generation
+        if stamps:
+            task = asyncio.current_task()
+            if task is not None:
+                self.flight_stamps[task] = stamps
         started = time.perf_counter()
         try:
             result = produce()

@@ -6,13 +6,14 @@ Layout of an entry (little-endian)::
     1  format    3
     2  flags     bit 0: a tag section follows the header; other bits reserved, 0
     3  reserved  0
-    4  gen       uint32        the namespace generation it was computed under (`Cache.bump_version`)
-    8  created   float64       unix seconds when the value was computed
-    16 fresh     float64       unix seconds after which the value is stale; 0.0 = never
-    24 delta     float32       seconds the computation took (XFetch early refresh uses it)
-    28 nonce     8 random bytes that tell apart two entries whose other fields and payload
+    4  gen       uint64        the namespace generation it was computed under (`Cache.bump_version`):
+                 a random epoch in the high 32 bits, a count of bumps in the low ones
+    12 created   float64       unix seconds when the value was computed
+    20 fresh     float64       unix seconds after which the value is stale; 0.0 = never
+    28 delta     float32       seconds the computation took (XFetch early refresh uses it)
+    32 nonce     8 random bytes that tell apart two entries whose other fields and payload
                  start are alike (a guarded write compares the leading bytes; see GUARD_SIZE)
-    36 tags      only with flag bit 0: uint16 length L, then L bytes of records, each a uint16
+    40 tags      only with flag bit 0: uint16 length L, then L bytes of records, each a uint16
                  key length, the tag's key (UTF-8), a uint8 stamp length and the stamp
     ..  payload  serializer output
 
@@ -71,7 +72,7 @@ TAGGED: Final = 0x01
 """Flag bit: the entry records the stamps of its tags after the header."""
 _U16: Final = struct.Struct("<H")
 _STAMP_BYTES: Final = 8
-HEADER: Final = struct.Struct("<BBBBIddf8s")
+HEADER: Final = struct.Struct("<BBBBQddf8s")
 HEADER_SIZE: Final = HEADER.size
 _TAG_SIZE: Final = 32
 GUARD_SIZE: Final = HEADER_SIZE + _TAG_SIZE
@@ -102,7 +103,7 @@ def encode_entry(
         FORMAT,
         TAGGED if tags else 0,
         0,
-        generation & 0xFFFFFFFF,
+        generation & 0xFFFFFFFFFFFFFFFF,
         created,
         fresh_until,
         delta,

@@ -44,6 +44,11 @@ class SingleFlight(Generic[T]):
         for key in keys:
             flights.pop(key, None)
 
+    def forget(self, key: str, task: asyncio.Task[T]) -> None:
+        """Lets no later caller join ``task`` for ``key``, if it is still the one listed."""
+        if self._flights.get(key) is task:
+            del self._flights[key]
+
     def running(self) -> list[str]:
         """Returns the keys of the computations under way."""
         return list(self._flights)

@@ -95,6 +95,16 @@ KNOWN_SEEDS = [
     # 7. refresh of a lock=True function: B.locked.refresh(2) returned the cached v4 without
     #    running the function; the row held v5 when it started.
     pytest.param("fakeredis", 0, 150, 0.0, id="defect7-refresh-locked-fakeredis-seed0"),
+    # Found later by the long soak, on 637a75a (after the fixes above), all with an interval:
+    # A.get_or_set(locked:3) joined A.locked(3), in flight since before C.invalidate_tags
+    # (another process) returned, and returned its v29 (row at v30).
+    pytest.param("memory-inproc", 60, 300, 1.0, id="flight-overtaken-by-another-process-seed60"),
+    # B.get_many ran past its version_check_interval while B's generation read was under way,
+    # took the generation it knew, and returned the pre-bump v4 after D.bump_version().
+    pytest.param("memory", 11, 300, 1.0, id="generation-past-due-while-read-in-flight-seed11"),
+    # A, not yet told of B's bump, missed what B set after it: an entry of a later generation
+    # was not taken as proof of the bump.
+    pytest.param("memory-inproc", 58, 300, 1.0, id="later-generation-entry-missed-seed58"),
 ]
 
 

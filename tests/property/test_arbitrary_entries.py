@@ -28,7 +28,7 @@ from cachetier.backends import Backend, MemoryBackend, RedisBackend
 from cachetier.serializers import JsonSerializer
 
 NOW = 1_750_000_000.0
-HEADER = struct.Struct("<BBBBIddf8s")
+HEADER = struct.Struct("<BBBBQddf8s")
 MAGIC = 0xC1
 FORMAT = 3
 TAGGED = 0x01
@@ -78,8 +78,9 @@ def expected_read(
     _, version, flags, reserved, generation, created, fresh_until, delta, _ = HEADER.unpack_from(
         data
     )
-    if version != FORMAT or generation != GENERATION:
-        return MISS  # a format this release cannot read, or another generation's entry
+    later_bump = generation >> 32 == GENERATION >> 32 and generation > GENERATION
+    if version != FORMAT or not (generation == GENERATION or later_bump):
+        return MISS  # a format this release cannot read, or an entry from before a bump
     offset = HEADER.size
     if flags & TAGGED:
         # Tag records name tag keys that hold no stamp here, so only an empty tag section
@@ -186,7 +187,7 @@ def entry_like(draw: st.DrawFn) -> bytes:
         draw(st.just(0) | st.integers(0, 255)),
         draw(st.just(0) | st.integers(0, 255)),
         # The store's generation, or any other: those are misses.
-        draw(st.just(GENERATION) | st.integers(0, 2**32 - 1)),
+        draw(st.just(GENERATION) | st.integers(0, 2**64 - 1)),
         draw(st.just(NOW - 1) | st.floats()),
         draw(timestamps),
         draw(st.just(0.0) | st.floats(width=32)),

@@ -98,6 +98,18 @@ def _checked_item(key: object, value: object) -> bytes:
 
 
 @final
+class _Watcher:
+    """One follower of `MemoryBackend.invalidations`: its prefix and the changes not yet told."""
+
+    __slots__ = ("keys", "prefix", "wake")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.keys: list[str] = []
+        self.wake = asyncio.Event()
+
+
+@final
 class MemoryBackend:
     """A process-local backend keeping values in memory, with TTLs and LRU eviction.
 
@@ -140,6 +152,7 @@ class MemoryBackend:
         "_sweep_pos",
         "_touch",
         "_used_bytes",
+        "_watchers",
     )
 
     def __init__(
@@ -163,6 +176,8 @@ class MemoryBackend:
         self._used_bytes = 0
         self._sweep_keys: list[str] = []
         self._sweep_pos = 0
+        # Followers of `invalidations` (a `LocalTier` over this backend), told of every change.
+        self._watchers: list[_Watcher] = []
 
     def __repr__(self) -> str:
         return (
@@ -283,6 +298,8 @@ class MemoryBackend:
                 continue
             value, expires_at = entry
             self._used_bytes -= len(key) + len(value) + _ENTRY_OVERHEAD
+            if self._watchers:
+                self._changed(key)
             if expires_at is not None:
                 if now is None:
                     now = self._clock()
@@ -326,6 +343,8 @@ class MemoryBackend:
         self._sweep(now, _SWEEP_STEP)
         self._data[key] = (entry[0], now + ttl)
         self._touch(key)
+        if self._watchers:
+            self._changed(key)
         return True
 
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
@@ -511,6 +530,39 @@ class MemoryBackend:
         """Removes the entry of ``key``, whose value is ``value``, and its accounted bytes."""
         del self._data[key]
         self._used_bytes -= len(key) + len(value) + _ENTRY_OVERHEAD
+        if self._watchers:
+            self._changed(key)
+
+    def _changed(self, key: str) -> None:
+        """Tells the followers of `invalidations` whose prefix ``key`` has that it changed."""
+        for watcher in self._watchers:
+            if key.startswith(watcher.prefix):
+                watcher.keys.append(key)
+                watcher.wake.set()
+
+    async def invalidations(
+        self, prefix: str, *, heartbeat: float
+    ) -> AsyncIterator[list[str] | None]:
+        """Follows changes of the keys starting with ``prefix`` made through this backend.
+
+        Every write, delete, expiry change, eviction and expiry found is reported, so that a
+        `LocalTier` over a shared `MemoryBackend` stays coherent between the caches using it:
+        a change reaches the others when their event loop next runs the follower (the next
+        turn of the loop). ``heartbeat`` is accepted for the protocol: nothing here can go
+        silent. Added in 0.2.
+        """
+        watcher = _Watcher(prefix)
+        self._watchers.append(watcher)
+        try:
+            yield []
+            while True:
+                await watcher.wake.wait()
+                watcher.wake.clear()
+                keys, watcher.keys = watcher.keys, []
+                if keys:
+                    yield keys
+        finally:
+            self._watchers.remove(watcher)
 
     def _store(self, key: str, value: bytes, ttl: float | None, now: float) -> bool:
         """Validates and stores one item as `set` does; returns whether it was stored."""
@@ -534,8 +586,12 @@ class MemoryBackend:
             # Dropping the old value too: serving it after a newer write would be wrong.
             if old is not None:
                 del data[key]
+                if self._watchers:
+                    self._changed(key)
             return False
         data[key] = (value, expires_at)
+        if self._watchers:
+            self._changed(key)
         if old is not None:
             # Assigning to an existing key keeps its place; a write makes it most recent.
             self._touch(key)
@@ -562,6 +618,8 @@ class MemoryBackend:
         ):
             key, (value, _) = data.popitem(last=False)
             self._used_bytes -= len(key) + len(value) + _ENTRY_OVERHEAD
+            if self._watchers:
+                self._changed(key)
 
     def _sweep(self, now: float, step: int) -> None:
         """Examines the next ``step`` keys of the sweep snapshot and drops the expired ones."""
