@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import ast
 import inspect
+import logging
 import os
 import re
 import textwrap
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,12 +170,20 @@ def test_every_python_block_is_accounted_for() -> None:
 
 
 @pytest.fixture
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Blocks read settings as an application would: no cache variable, no ``.env`` file."""
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Blocks read settings as an application would: no cache variable, no ``.env`` file; and
+    what a block does to the ``cachetier`` logger (a level, for one) ends with it, so the
+    tests that run later see the logger as it was."""
     for name in os.environ:
         if name.upper() in {"REDIS_URL", "REDIS_ENABLED"} or name.upper().startswith("CACHE_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
+    logger = logging.getLogger("cachetier")
+    level, handlers, propagate = logger.level, list(logger.handlers), logger.propagate
+    yield
+    logger.setLevel(level)
+    logger.handlers[:] = handlers
+    logger.propagate = propagate
 
 
 @pytest.mark.usefixtures("clean_environment")

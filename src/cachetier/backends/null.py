@@ -67,12 +67,13 @@ class NullBackend:
         return amount
 
     async def set_if(self, key: str, expected: bytes, value: bytes, ttl: float | None) -> bool:
-        """Returns ``False``: nothing is ever stored, so nothing matches ``expected``."""
-        return False
+        """Drops the value and reports it stored, as `add` does: no invalidation ever races a
+        write here, so a computation is never taken for one an invalidation overtook."""
+        return True
 
     async def delete_if(self, key: str, expected: bytes) -> bool:
-        """Returns ``False``."""
-        return False
+        """Reports the value removed, as a store that forgot it at once would."""
+        return True
 
     async def tag_stamps(self, keys: Sequence[str], fresh: bytes, ttl: float | None) -> list[bytes]:
         """Returns ``fresh`` for every key, as a store that forgot every stamp at once would."""
