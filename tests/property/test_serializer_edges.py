@@ -141,9 +141,20 @@ class SpelledReport(pydantic.BaseModel):
 
 
 def test_typed_codec_refuses_a_model_that_would_write_nan_as_null() -> None:
+    """Never NaN in, None out: refused, or (where pydantic lets the codec's config reach the
+    model, as 2.7 does) kept as NaN."""
     serializer: TypedSerializer[Report] = TypedSerializer(Report)
-    with pytest.raises(SerializationError, match="ser_json_inf_nan"):
-        serializer.dumps(Report(mean=math.nan))
+    refused: SerializationError | None = None
+    try:
+        data = serializer.dumps(Report(mean=math.nan))
+    except SerializationError as exc:
+        refused = exc
+    if refused is not None:
+        assert "ser_json_inf_nan" in str(refused)
+    else:
+        mean = serializer.loads(data).mean
+        assert mean is not None
+        assert math.isnan(mean)
     assert serializer.loads(serializer.dumps(Report(mean=None))) == Report(mean=None)
 
 

@@ -71,8 +71,10 @@ def _has_non_finite(value: object) -> bool:
         return any(_has_non_finite(item) for item in value.values())
     if isinstance(value, list | tuple | set | frozenset):
         return any(_has_non_finite(item) for item in value)
-    fields = getattr(value, "__pydantic_fields__", None)
-    if fields is not None:
+    kind = type(value)
+    # Pydantic models: __pydantic_fields__ from 2.10, model_fields before it.
+    fields = getattr(kind, "__pydantic_fields__", None) or getattr(kind, "model_fields", None)
+    if isinstance(fields, dict):
         return any(_has_non_finite(getattr(value, name, None)) for name in fields)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return any(_has_non_finite(getattr(value, f.name)) for f in dataclasses.fields(value))
