@@ -51,6 +51,7 @@ from _common import (
     locking_note,
 )
 from _harness import Call, Case, Section, Settings, describe, measure
+from _plot import plot
 from _report import environment, render, targets, to_json
 
 RESULTS_DIR = _common.BENCH_DIR / "results"
@@ -1108,6 +1109,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     (output / "latest.md").write_text(render(report, env, markdown=True), encoding="utf-8")
     print(f"wrote {output / 'latest.json'} and {output / 'latest.md'}")
+    results = to_json(report, env)
+    pictures = [output / "latest.svg"]
+    if output == RESULTS_DIR:
+        pictures.append(_common.BENCH_DIR.parent / "docs" / "assets" / "benchmark.svg")
+    if all(plot(results, picture) for picture in pictures):
+        print("drew " + " and ".join(str(picture) for picture in pictures))
+    else:
+        print("no picture: matplotlib is not installed (pip install --group bench)")
     return 0
 
 
