@@ -236,6 +236,11 @@ class Cache:
         return self._engine.strict
 
     @property
+    def breaker_state(self) -> str:
+        """The circuit breaker's state: ``closed``, ``open`` or ``half_open``. Added in 0.2."""
+        return self._engine.breaker.state
+
+    @property
     def stats(self) -> CacheStats:
         """A snapshot of this cache's counters."""
         journal = self._engine.journal

@@ -2,29 +2,55 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, TypeAlias, final
 
 from ._types import Outcome
 
-__all__ = ("CacheStats", "LatencyHistogram", "ReadEvent", "ReadHook", "StatsRecorder")
+__all__ = (
+    "LATENCY_BOUNDS",
+    "CacheStats",
+    "LatencyHistogram",
+    "ReadEvent",
+    "ReadHook",
+    "StatsRecorder",
+)
 
 # Four buckets per power of two of nanoseconds: quantiles within 25 % of the true value, from
 # 1 ns to hours, in a fixed list of ints; recording is a bit_length, two shifts and an add.
 _SUB_BITS: Final = 2
 _BUCKETS: Final = 64 << _SUB_BITS
 
+LATENCY_BOUNDS: Final[tuple[float, ...]] = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+"""Upper bounds in seconds of `CacheStats.latency_buckets`, before the final ``math.inf``."""
+
 
 @final
 class LatencyHistogram:
     """Durations in log-spaced buckets, for percentiles that cost O(1) to record."""
 
-    __slots__ = ("counts", "total")
+    __slots__ = ("counts", "sum_ns", "total")
 
     def __init__(self) -> None:
         self.counts = [0] * _BUCKETS
         self.total = 0
+        self.sum_ns = 0
 
     def record(self, nanoseconds: int) -> None:
         """Counts one duration."""
@@ -36,6 +62,7 @@ class LatencyHistogram:
             index = min((exponent - _SUB_BITS + 1) << _SUB_BITS | mantissa, _BUCKETS - 1)
         self.counts[index] += 1
         self.total += 1
+        self.sum_ns += nanoseconds
 
     def quantile(self, q: float) -> float | None:
         """Returns the duration in milliseconds below which a fraction ``q`` of the durations fall.
@@ -53,6 +80,24 @@ class LatencyHistogram:
                 return _upper_edge(index) / 1e6
         return _upper_edge(_BUCKETS - 1) / 1e6  # pragma: no cover - ranks never exceed total
 
+    def cumulative(self) -> tuple[tuple[float, int], ...]:
+        """Returns ``(bound in seconds, durations at or under it)`` for `LATENCY_BOUNDS` and ``math.inf``.
+
+        Derived from the log-spaced buckets, so a duration counts towards a bound only when
+        its whole bucket lies at or under it: a count may leave out durations up to 25 %
+        under its bound (they are in the next one), never include one above it.
+        """
+        per_bound = [0] * (len(LATENCY_BOUNDS) + 1)
+        for index, count in enumerate(self.counts):
+            if count:
+                per_bound[_BOUND_OF_BUCKET[index]] += count
+        buckets: list[tuple[float, int]] = []
+        seen = 0
+        for bound, count in zip((*LATENCY_BOUNDS, math.inf), per_bound, strict=True):
+            seen += count
+            buckets.append((bound, seen))
+        return tuple(buckets)
+
 
 def _upper_edge(index: int) -> int:
     if index < 1 << _SUB_BITS:
@@ -60,6 +105,20 @@ def _upper_edge(index: int) -> int:
     octave, mantissa = divmod(index, 1 << _SUB_BITS)
     exponent = octave + _SUB_BITS - 1
     return ((1 << _SUB_BITS) + mantissa + 1) << (exponent - _SUB_BITS)
+
+
+def _bound_of_bucket(index: int) -> int:
+    # The bucket holds whole nanoseconds below its upper edge, so its largest is edge - 1.
+    largest = _upper_edge(index) - 1
+    for position, bound in enumerate(LATENCY_BOUNDS):
+        if largest <= round(bound * 1e9):
+            return position
+    return len(LATENCY_BOUNDS)
+
+
+# Which of LATENCY_BOUNDS (or the final infinite one) each log-spaced bucket counts towards.
+_BOUND_OF_BUCKET: Final[tuple[int, ...]] = tuple(_bound_of_bucket(i) for i in range(_BUCKETS))
+_NO_LATENCIES: Final[tuple[tuple[float, int], ...]] = LatencyHistogram().cumulative()
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +158,13 @@ class CacheStats:
     ``journal_overflows`` the times it held more than ``Cache(journal_limit=...)`` and stood for
     one bump_version instead; ``awaiting_replay`` whether anything waits now (reads are misses
     until it has gone through). A decorated function's own stats leave them at zero.
+
+    ``latency_buckets`` holds the same backend calls as a Prometheus-style histogram:
+    ``(upper bound in seconds, calls that took at most that long)`` for bounds from 100 µs to
+    1 s, then ``math.inf`` with every call (``backend_calls``). The counts are derived from
+    the buckets behind the percentiles: a call counts towards a bound only when it certainly
+    lies under it, so a count may leave out calls up to 25 % under its bound.
+    ``latency_sum_seconds`` is their total duration. Added in 0.2.
     """
 
     hits: int = 0
@@ -120,6 +186,8 @@ class CacheStats:
     replays: int = 0
     journal_overflows: int = 0
     awaiting_replay: bool = False
+    latency_buckets: tuple[tuple[float, int], ...] = field(default=_NO_LATENCIES, repr=False)
+    latency_sum_seconds: float = 0.0
 
     @property
     def hit_ratio(self) -> float:
@@ -206,4 +274,6 @@ class StatsRecorder:
             latency_p50_ms=self.latency.quantile(0.50),
             latency_p95_ms=self.latency.quantile(0.95),
             latency_p99_ms=self.latency.quantile(0.99),
+            latency_buckets=self.latency.cumulative(),
+            latency_sum_seconds=self.latency.sum_ns / 1e9,
         )
