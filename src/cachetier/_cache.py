@@ -16,7 +16,7 @@ from collections.abc import (
 from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast, final, overload
+from typing import TYPE_CHECKING, Any, Final, Literal, ParamSpec, TypeVar, cast, final, overload
 
 from pydantic import SecretStr
 from typing_extensions import Self, Unpack
@@ -236,7 +236,7 @@ class Cache:
         return self._engine.strict
 
     @property
-    def breaker_state(self) -> str:
+    def breaker_state(self) -> Literal["closed", "open", "half_open"]:
         """The circuit breaker's state: ``closed``, ``open`` or ``half_open``. Added in 0.2."""
         return self._engine.breaker.state
 

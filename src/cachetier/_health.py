@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -47,7 +48,13 @@ class HealthReport:
     def to_dict(self) -> dict[str, object]:
         """Returns the report as plain JSON-ready data, stats included with ``hit_ratio``."""
         data = asdict(self)
-        data["stats"] = {**asdict(self.stats), "hit_ratio": round(self.stats.hit_ratio, 4)}
+        stats = {**asdict(self.stats), "hit_ratio": round(self.stats.hit_ratio, 4)}
+        # Strict JSON has no Infinity: the last bucket's bound is written as Prometheus does.
+        stats["latency_buckets"] = [
+            ["+Inf" if bound == math.inf else bound, count]
+            for bound, count in self.stats.latency_buckets
+        ]
+        data["stats"] = stats
         return data
 
     def __getitem__(self, name: str) -> object:

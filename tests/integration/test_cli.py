@@ -99,7 +99,10 @@ async def test_invalidate_help_says_pattern_and_tags_combine(
 ) -> None:
     result = await run_cli("invalidate", "--help", env=base_env, cwd=tmp_path)
     assert result.code == 0
-    assert "usage: cachetier invalidate [-h] [--tag TAG] [--dry-run] [--quiet] [PATTERN]" in result.stdout
+    assert (
+        "usage: cachetier invalidate [-h] [--tag TAG] [--dry-run] [--quiet] [PATTERN]"
+        in result.stdout
+    )
     assert "Give a PATTERN, a --tag, or both." in result.stdout
     assert "cachetier invalidate --tag project:7" in result.stdout
 

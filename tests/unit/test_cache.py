@@ -759,3 +759,13 @@ async def test_reads_are_logged_at_debug_with_their_outcome(
     with caplog.at_level(logging.INFO, logger="cachetier"):
         await value()
     assert caplog.records == []
+
+
+async def test_the_health_report_as_a_dict_is_strict_json(cache: Cache) -> None:
+    import json
+
+    await cache.set("k", 1)
+    await cache.get("k")
+    data = (await cache.health_check()).to_dict()
+    text = json.dumps(data, allow_nan=False)  # what a /health route's JSON response needs
+    assert json.loads(text)["stats"]["latency_buckets"][-1][0] == "+Inf"
