@@ -362,15 +362,17 @@ class Cache:
         # The tags of every tagged entry are checked together: one more round trip, not one
         # per entry.
         tagged = [entry for entry in opened if isinstance(entry, Opened) and entry.tag_keys]
-        if tagged and not await engine.tags_hold(
-            [key for entry in tagged for key in entry.tag_keys],
-            [stamp for entry in tagged for stamp in entry.stamps],
-        ):
-            # Some tag moved: check each entry alone to know which.
-            held = [await engine.tags_hold(entry.tag_keys, entry.stamps) for entry in tagged]
-            invalidated = {id(entry) for entry, ok in zip(tagged, held, strict=True) if not ok}
-        else:
-            invalidated = set()
+        invalidated: set[int] = set()
+        if tagged:
+            current = await engine.current_stamps(
+                [key for entry in tagged for key in entry.tag_keys]
+            )
+            start = 0
+            for one in tagged:
+                end = start + len(one.stamps)
+                if current is None or current[start:end] != one.stamps:
+                    invalidated.add(id(one))
+                start = end
         result: dict[str, object] = {}
         now = engine.clock()
         for key, full_key, entry in zip(relative, full, opened, strict=True):

@@ -34,7 +34,6 @@ from ._entry import (
     HEADER_SIZE,
     LEASE_PREFIX,
     MAGIC,
-    SIGNED_MAGIC,
     EntrySigner,
     encode_entry,
     entry_tags,
@@ -87,10 +86,9 @@ longer: its entries from before are invalid whatever happens to it, so it may ex
 LEASE_TTL: Final = 60.0
 """Seconds a lease holds the key of a value being computed; a longer computation is not stored."""
 _UNGUARDED: Final = b""
+"""The guard of a write to a backend without `GuardedBackend`: a plain SET."""
 _LEASE: Final = LEASE_PREFIX
 _LEASE_SIZE: Final = len(LEASE_PREFIX) + 16
-_ENTRY_MAGICS: Final = (MAGIC, SIGNED_MAGIC)
-"""The guard of a write to a backend without `GuardedBackend`: a plain SET."""
 _COUNTER: Final = re.compile(rb"-?[0-9]{1,20}")
 _UNSIGNED: Final = (
     "its signature does not verify (unsigned, tampered, or written under another key)"
@@ -505,30 +503,34 @@ class Engine:
     async def holds_value(self, full: str, data: bytes) -> bool:
         """Returns whether ``data`` stored at ``full`` is a value: not a lease, not of another
         generation, not invalidated through a tag."""
-        if _is_lease(data):
-            return False
-        if len(data) >= HEADER_SIZE and data[0] in _ENTRY_MAGICS and data[1] == FORMAT:
-            # Signed entries keep the header's layout, generation included.
-            if not self.current(data):
-                return False
-            opened = self.examine(full, data)
-            if isinstance(opened, Opened) and opened.tag_keys:
-                return await self.tags_hold(opened.tag_keys, opened.stamps)
-        return True
+        opened = self.examine(full, data)
+        if isinstance(opened, Opened):
+            return not opened.tag_keys or await self.tags_hold(opened.tag_keys, opened.stamps)
+        # A miss is a lease, an entry of another generation, or (signed cache) a plain integer,
+        # which is still a counter that exists. Anything else a read would refuse is there.
+        return opened[0] is not Outcome.MISS or (
+            not _is_lease(data) and _COUNTER.fullmatch(data) is not None
+        )
 
     async def tags_hold(self, keys: list[str], stamps: list[bytes]) -> bool:
         """Returns whether every tag key still holds the stamp an entry recorded.
 
         A backend failure answers ``False``: an entry whose tags cannot be checked is a miss.
         """
+        current = await self.current_stamps(keys)
+        return current == stamps
+
+    async def current_stamps(self, keys: list[str]) -> list[bytes | None] | None:
+        """Returns the stamps the tag ``keys`` hold now, in one MGET; ``None`` when the backend
+        failed (logged, counted)."""
         try:
             self.gate("MGET (tags)")
             current = await self.backend.get_many(keys)
         except BackendError as exc:
             self.backend_failed("tags", exc)
-            return False
+            return None
         self.succeeded()
-        return current == stamps
+        return current
 
     async def stamp_tags(
         self, full: str, tags: tuple[str, ...], seconds: float | None

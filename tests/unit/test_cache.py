@@ -7,6 +7,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -769,3 +770,32 @@ async def test_the_health_report_as_a_dict_is_strict_json(cache: Cache) -> None:
     data = (await cache.health_check()).to_dict()
     text = json.dumps(data, allow_nan=False)  # what a /health route's JSON response needs
     assert json.loads(text)["stats"]["latency_buckets"][-1][0] == "+Inf"
+
+
+async def test_get_many_checks_every_tagged_entry_in_one_more_round_trip() -> None:
+    """Reading N tagged entries costs two round trips, whichever of their tags moved."""
+    from cachetier.backends import MemoryBackend
+
+    class Counting:
+        in_process = False
+
+        def __init__(self) -> None:
+            self.inner = MemoryBackend()
+            self.reads = 0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        async def get_many(self, keys: Any) -> Any:
+            self.reads += 1
+            return await self.inner.get_many(keys)
+
+    backend = Counting()
+    async with Cache(backend, version_check_interval=60) as cache:  # type: ignore[arg-type]
+        for n in range(6):
+            await cache.set(f"k{n}", n, tags=[f"t{n % 3}", "all"])
+        await cache.invalidate_tags("t1")
+        backend.reads = 0
+        found = await cache.get_many([f"k{n}" for n in range(6)])
+        assert found == {"k0": 0, "k2": 2, "k3": 3, "k5": 5}
+        assert backend.reads == 2
