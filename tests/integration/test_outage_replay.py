@@ -34,8 +34,11 @@ from ..servers import REDIS_SERVER, RedisServer
 pytestmark = pytest.mark.redis
 
 OLD, NEW = 10, 20
-COMMAND_TIMEOUT = 0.1
-CONNECT_TIMEOUT = 0.1
+# Short enough that a frozen server opens a breaker within a second or two; long enough that a
+# healthy server on a loaded 2-core CI machine answers (CI once saw a 100 ms connect time out
+# and a precondition read fail open).
+COMMAND_TIMEOUT = 0.5
+CONNECT_TIMEOUT = 1.0
 THRESHOLD = 2
 COOLDOWN = 0.2
 POLL = 0.01
