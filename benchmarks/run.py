@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import functools
 import gc
-import importlib.util
 import json
 import logging
 import multiprocessing
@@ -848,7 +847,9 @@ async def redis_down(world: World) -> Section:
 
 def _breaker_state() -> str:
     """Says whether this cachetier has a circuit breaker, as the Redis-down numbers depend on it."""
-    if importlib.util.find_spec("cachetier._breaker") is None:
+    import cachetier
+
+    if not hasattr(cachetier, "CircuitBreaker"):
         return "no circuit breaker yet"
     return "with cachetier's circuit breaker at its defaults"
 

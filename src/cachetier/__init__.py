@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from ._breaker import CircuitBreaker
 from ._cache import Cache
 from ._cached import CachedFunction
+from ._core.breaker import CircuitBreaker
+from ._core.health import HealthReport
+from ._core.inspect import Inspection, InspectionState
+from ._core.local import LocalTier
+from ._core.stats import CacheStats, ReadEvent, ReadHook
 from ._errors import (
     BackendError,
     CacheError,
@@ -14,13 +18,9 @@ from ._errors import (
     LockTimeout,
     SerializationError,
 )
-from ._health import HealthReport
-from ._inspect import Inspection, InspectionState
 from ._keys import KeyBuilder
-from ._local import LocalTier
 from ._policy import PolicyOptions
 from ._settings import CacheSettings
-from ._stats import CacheStats, ReadEvent, ReadHook
 from ._ttl import TTL, TTLLike
 from ._types import MISSING, Outcome
 from ._version import __version__

@@ -21,18 +21,20 @@ from typing import TYPE_CHECKING, Any, Final, Literal, ParamSpec, TypeVar, cast,
 from pydantic import SecretStr
 from typing_extensions import Self, Unpack
 
-from ._breaker import CircuitBreaker
 from ._cached import CachedFunction
-from ._engine import TAG_KEEP, Engine, FetchSpec, Opened, check_tags
-from ._entry import EntrySigner, new_stamp
+from ._core.breaker import CircuitBreaker
+from ._core.engine import Engine
+from ._core.entry import EntrySigner, Opened, finish, new_stamp
+from ._core.health import HealthReport, check_health
+from ._core.inspect import Inspection, inspect_entry
+from ._core.local import LocalTier
+from ._core.spec import FetchSpec
+from ._core.stats import CacheStats, ReadHook
+from ._core.tags import TAG_KEEP, check_tags
 from ._errors import BackendError, ConfigurationError
-from ._health import HealthReport, check_health
-from ._inspect import Inspection, inspect_entry
 from ._keys import KeyBuilder, check_key_collection
-from ._local import LocalTier
 from ._log import LOGGER
 from ._policy import PolicyOptions, build_policies
-from ._stats import CacheStats, ReadHook
 from ._ttl import TTL, TTLLike, to_seconds
 from ._types import MISSING, Clock, Outcome
 from .backends._protocol import Backend, GuardedBackend
@@ -194,7 +196,7 @@ class Cache:
 
     def __repr__(self) -> str:
         return (
-            f"Cache(backend={self._engine.backend!r}, namespace={self._keys.namespace!r}, "
+            f"Cache(backend={self._engine.guard.backend!r}, namespace={self._keys.namespace!r}, "
             f"version={self._keys.version!r}, default_ttl={self._default_ttl!r})"
         )
 
@@ -203,7 +205,7 @@ class Cache:
     @property
     def backend(self) -> Backend:
         """The backend in use now (the one given to `use` inside that block)."""
-        return self._engine.backend
+        return self._engine.guard.backend
 
     @property
     def keys(self) -> KeyBuilder:
@@ -233,12 +235,12 @@ class Cache:
     @property
     def strict(self) -> bool:
         """Whether backend failures raise `BackendError` instead of failing open."""
-        return self._engine.strict
+        return self._engine.guard.strict
 
     @property
     def breaker_state(self) -> Literal["closed", "open", "half_open"]:
         """The circuit breaker's state: ``closed``, ``open`` or ``half_open``. Added in 0.2."""
-        return self._engine.breaker.state
+        return self._engine.guard.breaker.state
 
     @property
     def stats(self) -> CacheStats:
@@ -271,7 +273,7 @@ class Cache:
         The cache stays usable: connections reopen lazily on the next call.
         """
         await self._engine.cancel_background()
-        await self._engine.backend.aclose()
+        await self._engine.guard.backend.aclose()
 
     def add_hook(self, hook: ReadHook) -> ReadHook:
         """Registers ``hook`` to be told of every read as a `ReadEvent`; returns it (a decorator).
@@ -279,13 +281,15 @@ class Cache:
         Hooks run inline on every read, so they must be quick (count, not I/O). An exception
         from a hook is logged at a bounded rate and never reaches the caller.
         """
-        self._engine.hooks = (*self._engine.hooks, hook)
+        reporter = self._engine.reporter
+        reporter.hooks = (*reporter.hooks, hook)
         return hook
 
     def remove_hook(self, hook: ReadHook) -> None:
         """Unregisters ``hook``; does nothing if it was not registered."""
         # == rather than "is", so that a bound method given again matches.
-        self._engine.hooks = tuple(h for h in self._engine.hooks if h != hook)
+        reporter = self._engine.reporter
+        reporter.hooks = tuple(h for h in reporter.hooks if h != hook)
 
     @contextmanager
     def use(self, backend: Backend) -> Iterator[Backend]:
@@ -296,12 +300,12 @@ class Cache:
         """
         _check_backend(backend)
         engine = self._engine
-        previous = engine.backend
-        engine.set_backend(backend)
+        previous = engine.guard.backend
+        engine.use(backend)
         try:
             yield backend
         finally:
-            engine.set_backend(previous)
+            engine.use(previous)
 
     @contextmanager
     def bypass(self) -> Iterator[None]:
@@ -330,7 +334,7 @@ class Cache:
             BackendError: the backend failed and the cache is strict.
         """
         full = self._keys.full(key)
-        outcome, value = await self._engine.read(full, self._engine.serializer.loads)
+        outcome, value = await self._engine.through.read(full, self._engine.serializer)
         if outcome is Outcome.HIT:
             return value
         return default
@@ -347,16 +351,17 @@ class Cache:
         if not relative:
             return {}
         full = [self._keys.full(key) for key in relative]
-        try:
-            found = await self._engine.load_many(full)
-        except BackendError as exc:
-            self._engine.backend_failed("get_many", exc)
-            for full_key in full:
-                self._engine.count(Outcome.BACKEND_ERROR, full_key, None)
-            return {}
         engine = self._engine
+        try:
+            found = await engine.reader.load_many(full)
+        except BackendError as exc:
+            engine.guard.failed("get_many", exc)
+            for full_key in full:
+                engine.reporter.count(Outcome.BACKEND_ERROR, full_key, None)
+            return {}
+        through = engine.through
         opened = [
-            None if data is None else engine.examine(f, data)
+            None if data is None else through.examine(f, data)
             for f, data in zip(full, found, strict=True)
         ]
         # The tags of every tagged entry are checked together: one more round trip, not one
@@ -364,9 +369,7 @@ class Cache:
         tagged = [entry for entry in opened if isinstance(entry, Opened) and entry.tag_keys]
         invalidated: set[int] = set()
         if tagged:
-            current = await engine.current_stamps(
-                [key for entry in tagged for key in entry.tag_keys]
-            )
+            current = await engine.tags.current([key for entry in tagged for key in entry.tag_keys])
             start = 0
             for one in tagged:
                 end = start + len(one.stamps)
@@ -381,12 +384,14 @@ class Cache:
             if entry is None or id(entry) in invalidated:
                 outcome, value = Outcome.MISS, MISSING
             elif isinstance(entry, Opened):
-                outcome, value = engine.finish(entry, engine.serializer.loads, now)
+                outcome, value = finish(entry, engine.serializer.loads, now)
             else:
                 outcome, value = entry
             if outcome is Outcome.DECODE_ERROR:
-                await engine.drop_undecodable(full_key, value)
-            engine.count(Outcome.MISS if outcome is Outcome.STALE else outcome, full_key, None)
+                await through.drop_undecodable(full_key, value)
+            engine.reporter.count(
+                Outcome.MISS if outcome is Outcome.STALE else outcome, full_key, None
+            )
             if outcome is Outcome.HIT:
                 result[key] = value
         return result
@@ -405,14 +410,18 @@ class Cache:
         """
         full = self._keys.full(key)
         engine = self._engine
-        engine.gate("GET")
-        try:
-            found = await inspect_entry(engine, key, full, engine.serializer.loads)
-        except BackendError as exc:
-            engine.backend_failed("inspect", exc, always_raise=True)
-            raise  # pragma: no cover - backend_failed raised already
-        engine.succeeded()
-        return found
+        found = await engine.guard.run(
+            "GET",
+            "inspect",
+            inspect_entry,
+            engine.through,
+            key,
+            full,
+            engine.serializer.loads,
+            fallback=None,
+            always_raise=True,
+        )
+        return cast("Inspection", found)  # always_raise: a failure raised already
 
     async def exists(self, key: str) -> bool:
         """Returns whether ``key`` holds a value; ``False`` when the backend fails open.
@@ -420,14 +429,13 @@ class Cache:
         A key being computed (leased) or written before `bump_version` holds none.
         """
         full = self._keys.full(key)
-        try:
-            self._engine.gate("GET")
-            data = await self._engine.fetch_one(full)
-        except BackendError as exc:
-            self._engine.backend_failed("exists", exc)
+        engine = self._engine
+        data = await engine.guard.run(
+            "GET", "exists", engine.reader.fetch_one, full, fallback=MISSING
+        )
+        if data is MISSING or data is None:
             return False
-        self._engine.succeeded()
-        return data is not None and await self._engine.holds_value(full, data)
+        return await engine.through.holds_value(full, data)
 
     async def ttl(self, key: str) -> float | None:
         """Returns the seconds ``key`` has left, ``math.inf`` if it never expires, ``None`` if absent.
@@ -436,15 +444,10 @@ class Cache:
         """
         if not await self.exists(key):
             return None
-        full = self._keys.full(key)
-        try:
-            self._engine.gate("PTTL")
-            remaining = await self._engine.backend.ttl(full)
-        except BackendError as exc:
-            self._engine.backend_failed("ttl", exc)
-            return None
-        self._engine.succeeded()
-        return remaining
+        guard = self._engine.guard
+        return await guard.run(
+            "PTTL", "ttl", guard.backend.ttl, self._keys.full(key), fallback=None
+        )
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -465,23 +468,24 @@ class Cache:
         full = self._keys.full(key)
         tag_names = check_tags(tags)
         engine = self._engine
-        seconds = engine.jittered(self._ttl_seconds(ttl))
-        payload = engine.dumps(full, value, engine.serializer)
+        writer = engine.writer
+        seconds = writer.jittered(self._ttl_seconds(ttl))
+        payload = writer.dumps(full, value, engine.serializer)
         if payload is None:
             return False
         try:
-            generation = await engine.known_generation("set")
+            generation = await writer.known_generation("set")
             if generation is None:
                 return False
             stamps: list[tuple[str, bytes]] | None = []
             if tag_names:
-                stamps = await engine.stamp_tags(full, tag_names, seconds)
+                stamps = await engine.tags.stamp(full, tag_names, seconds)
             if stamps is None:
                 return False
-            data = engine.entry(full, payload, seconds, generation=generation, tags=stamps)
-            return await engine.write(full, data, seconds)
+            data = writer.entry(full, payload, seconds, generation=generation, tags=stamps)
+            return await writer.write(full, data, seconds)
         finally:
-            engine.changed((full,))
+            engine.invalidations.changed((full,))
 
     async def add(self, key: str, value: object, ttl: TTLLike | None = None) -> bool:
         """Stores ``value`` only if ``key`` holds nothing; returns whether it was stored.
@@ -493,23 +497,22 @@ class Cache:
         """
         full = self._keys.full(key)
         engine = self._engine
-        seconds = engine.jittered(self._ttl_seconds(ttl))
-        payload = engine.dumps(full, value, engine.serializer)
+        writer = engine.writer
+        seconds = writer.jittered(self._ttl_seconds(ttl))
+        payload = writer.dumps(full, value, engine.serializer)
         if payload is None:
             return False
-        generation = await engine.known_generation("add")
+        generation = await writer.known_generation("add")
         if generation is None:
             return False
-        data = engine.entry(full, payload, seconds, generation=generation)
+        data = writer.entry(full, payload, seconds, generation=generation)
+        guard = engine.guard
         try:
-            engine.gate("SET NX")
-            stored = await engine.backend.add(full, data, seconds)
-        except BackendError as exc:
-            engine.backend_failed("add", exc)
-            return False
+            stored = await guard.run(
+                "SET NX", "add", guard.backend.add, full, data, seconds, fallback=False
+            )
         finally:
-            engine.changed((full,))
-        engine.succeeded()
+            engine.invalidations.changed((full,))
         if stored:
             engine.stats.sets += 1
         return stored
@@ -527,31 +530,35 @@ class Cache:
         """
         # One jitter for the batch: the backend writes it with a single TTL in one round trip.
         engine = self._engine
-        seconds = engine.jittered(self._ttl_seconds(ttl))
+        writer = engine.writer
+        seconds = writer.jittered(self._ttl_seconds(ttl))
         payloads: dict[str, bytes] = {}
         for key, value in mapping.items():
             full = self._keys.full(key)
-            payload = engine.dumps(full, value, engine.serializer)
+            payload = writer.dumps(full, value, engine.serializer)
             if payload is not None:
                 payloads[full] = payload
         if not payloads:
             return not mapping
-        generation = await engine.known_generation("set_many")
+        generation = await writer.known_generation("set_many")
         if generation is None:
             return False
         items = {
-            full: engine.entry(full, payload, seconds, generation=generation)
+            full: writer.entry(full, payload, seconds, generation=generation)
             for full, payload in payloads.items()
         }
+        guard = engine.guard
+
+        async def write() -> bool:
+            await guard.backend.set_many(items, seconds)
+            return True
+
         try:
-            engine.gate("SET (many)")
-            await engine.backend.set_many(items, seconds)
-        except BackendError as exc:
-            engine.backend_failed("set_many", exc)
-            return False
+            stored = await guard.run("SET (many)", "set_many", write, fallback=False)
         finally:
-            engine.changed(tuple(items))
-        engine.succeeded()
+            engine.invalidations.changed(tuple(items))
+        if not stored:
+            return False
         engine.stats.sets += len(items)
         return len(items) == len(mapping)
 
@@ -565,19 +572,24 @@ class Cache:
         if not keys:
             return 0
         full = [self._keys.full(key) for key in keys]
+        engine = self._engine
+
+        async def unlink() -> int:
+            await engine.invalidations.trusted()
+            return await engine.guard.backend.delete(*full)
+
         try:
-            self._engine.gate("UNLINK")
-            await self._engine.trusted()
-            deleted = await self._engine.backend.delete(*full)
-        except BackendError as exc:
-            # It may have reached the store or not: the journal makes sure it does.
-            self._engine.journal.record(keys=full)
-            self._engine.backend_failed("delete", exc)
-            return 0
+            deleted = await engine.guard.run(
+                "UNLINK",
+                "delete",
+                unlink,
+                fallback=0,
+                # It may have reached the store or not: the journal makes sure it does.
+                on_failure=lambda: engine.journal.record(keys=full),
+            )
         finally:
-            self._engine.changed(full)
-        self._engine.succeeded()
-        self._engine.stats.deletes += deleted
+            engine.invalidations.changed(full)
+        engine.stats.deletes += deleted
         return deleted
 
     async def incr(self, key: str, amount: int = 1, ttl: TTLLike | None = None) -> int:
@@ -597,17 +609,20 @@ class Cache:
         if not isinstance(amount, int) or isinstance(amount, bool):
             raise TypeError(f"amount must be an int, not {type(amount).__name__}")
         full = self._keys.full(key)
+        engine = self._engine
+        seconds = self._ttl_seconds(ttl)
+
+        async def increment() -> int:
+            await engine.invalidations.trusted()
+            return await engine.guard.backend.incr(full, amount, seconds)
+
         try:
-            self._engine.gate("INCRBY")
-            await self._engine.trusted()
-            count = await self._engine.backend.incr(full, amount, self._ttl_seconds(ttl))
-        except BackendError as exc:
-            self._engine.backend_failed("incr", exc, always_raise=True)
-            raise  # pragma: no cover - backend_failed raised already
+            # No fallback is returned: with always_raise, a failure raises.
+            return await engine.guard.run(
+                "INCRBY", "incr", increment, fallback=0, always_raise=True
+            )
         finally:
-            self._engine.changed((full,))
-        self._engine.succeeded()
-        return count
+            engine.invalidations.changed((full,))
 
     @overload
     async def get_or_set(
@@ -664,9 +679,11 @@ class Cache:
             freshness,
             tags=(lambda _args, _kwargs: tag_names) if tag_names else None,
         )
-        value = self._engine.local_get(full, spec.codec, None)
+        engine = self._engine
+        local = engine.local
+        value = MISSING if local is None else local.get(full, spec.codec, None)
         if value is MISSING:
-            value = await self._engine.through(full, fetch_fn, (), {}, spec)
+            value = await engine.through.through(full, fetch_fn, (), {}, spec)
         return cast("T", value)  # deserialization boundary: the entry was written from a T
 
     @overload
@@ -733,6 +750,7 @@ class Cache:
             return CachedFunction(
                 self,
                 func,
+                engine=self._engine,
                 ttl=seconds,
                 key=key,
                 key_prefix=key_prefix,
@@ -777,25 +795,26 @@ class Cache:
         on_progress: Callable[[int, int], object] | None = None,
     ) -> int:
         engine = self._engine
+        guard, invalidations = engine.guard, engine.invalidations
         try:
-            engine.gate("SCAN")
-            await engine.trusted()
-            deleted, failure = await engine.unlink_matching(
+            guard.gate("SCAN")
+            await invalidations.trusted()
+            deleted, failure = await invalidations.unlink_matching(
                 full_pattern, tag_keys=tag_keys, on_progress=on_progress
             )
         except BackendError as exc:
             deleted, failure = 0, exc
         finally:
-            engine.changed_matching(full_pattern)
+            invalidations.changed_matching(full_pattern)
         engine.stats.deletes += deleted
         if failure is None:
-            engine.succeeded()
+            guard.succeeded()
             return deleted
         if tag_keys:
             engine.journal.record(clear=True)
         else:
             engine.journal.record(patterns=(full_pattern,))
-        engine.backend_failed("delete_pattern", failure)
+        guard.failed("delete_pattern", failure)
         return deleted
 
     async def clear(self) -> int:
@@ -821,22 +840,27 @@ class Cache:
         """
         names = check_tags(tags)
         engine = self._engine
-        if not names or not engine.guarded:
+        guard = engine.guard
+        if not names or not guard.guarded:
             return 0
-        backend = cast("GuardedBackend", engine.backend)
+        backend = cast("GuardedBackend", guard.backend)
+        tag_keys = engine.tags.tag_keys(names)
+
+        async def bump() -> int:
+            await engine.invalidations.trusted()
+            return await backend.tag_bump(tag_keys, new_stamp(), TAG_KEEP)
+
         try:
-            engine.gate("tag bump")
-            await engine.trusted()
-            known = await backend.tag_bump(engine.tag_keys(names), new_stamp(), TAG_KEEP)
-        except BackendError as exc:
-            engine.journal.record(tags=engine.tag_keys(names))
-            engine.backend_failed("invalidate_tags", exc)
-            return 0
+            return await guard.run(
+                "tag bump",
+                "invalidate_tags",
+                bump,
+                fallback=0,
+                on_failure=lambda: engine.journal.record(tags=tag_keys),
+            )
         finally:
             # Which values in flight or in the local tier carry these tags is not known here.
-            engine.changed_all()
-        engine.succeeded()
-        return known
+            engine.invalidations.changed_all()
 
     async def bump_version(self) -> int:
         """Invalidates every entry of this namespace and version at once; returns the new generation.
@@ -851,22 +875,29 @@ class Cache:
                 even when the cache is not strict).
         """
         engine = self._engine
-        try:
-            engine.gate("INCR")
-            await engine.trusted()
-            # A store that lost its generation starts it at random (see `learn_generation`),
+        generation_of = engine.generation
+
+        async def bump() -> int:
+            await engine.invalidations.trusted()
+            # A store that lost its generation starts it at random (see `Generation.learn`),
             # never at the 1 a bare INCR would give: an earlier life of the key may have had 1.
-            await engine.start_generation()
-            generation = await engine.backend.incr(engine.generation_key)
-        except BackendError as exc:
-            # Raised, so the caller knows; and journaled, so it happens once the store is back.
-            engine.journal.record(bump=True)
-            engine.backend_failed("bump_version", exc, always_raise=True)
-            raise  # pragma: no cover - backend_failed raised already
+            await generation_of.start()
+            return await engine.guard.backend.incr(generation_of.key)
+
+        try:
+            generation = await engine.guard.run(
+                "INCR",
+                "bump_version",
+                bump,
+                fallback=0,
+                always_raise=True,
+                # Raised, so the caller knows; and journaled, so it happens once the store is
+                # back.
+                on_failure=lambda: engine.journal.record(bump=True),
+            )
         finally:
-            engine.changed_all()
-        engine.succeeded()
-        engine.bumped(generation)
+            engine.invalidations.changed_all()
+        generation_of.bumped(generation)
         LOGGER.info(
             "cache %s:%s bumped to generation %d",
             self._keys.namespace,
@@ -927,8 +958,9 @@ class Cache:
         the breaker: a health check can close it. Never raises for a backend failure; the
         report carries a redacted ``error``.
         """
+        engine = self._engine
         return await check_health(
-            self._engine, self._keys.namespace, self._keys.version, degraded_after_ms
+            engine.guard, engine.stats, self._keys.namespace, self._keys.version, degraded_after_ms
         )
 
 

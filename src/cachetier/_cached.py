@@ -8,12 +8,12 @@ import string
 import typing
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import (
-    TYPE_CHECKING,
     Any,
     Concatenate,
     Final,
     Generic,
     ParamSpec,
+    Protocol,
     TypeVar,
     cast,
     final,
@@ -22,18 +22,16 @@ from typing import (
 
 from typing_extensions import Self
 
-from ._engine import FetchSpec
+from ._core.engine import Engine
+from ._core.spec import FetchSpec
+from ._core.stats import CacheStats, StatsRecorder
 from ._errors import SerializationError
 from ._keys import _ADDRESS, KeyBuilder, encode_argument, escape_part, function_name
 from ._log import LOGGER
 from ._policy import FreshnessPolicy, StampedePolicy
-from ._stats import CacheStats, StatsRecorder
 from ._types import MISSING, Outcome
 from .serializers import PickleSerializer, Serializer
 from .serializers._typed import TypedSerializer
-
-if TYPE_CHECKING:
-    from ._cache import Cache
 
 __all__ = ("CachedFunction",)
 
@@ -41,6 +39,19 @@ P = ParamSpec("P")
 P2 = ParamSpec("P2")
 R = TypeVar("R")
 S = TypeVar("S")
+
+
+class _Owner(Protocol):
+    """What a `CachedFunction` needs of the `Cache` that made it."""
+
+    @property
+    def keys(self) -> KeyBuilder: ...
+
+    @property
+    def default_ttl(self) -> float | None: ...
+
+    async def delete(self, *keys: str) -> int: ...
+
 
 _REQUIRED: Final = inspect.Parameter.empty
 _UNBOUND: Final = object()
@@ -309,9 +320,10 @@ class CachedFunction(Generic[P, R]):
 
     def __init__(
         self,
-        cache: Cache,
+        cache: _Owner,
         func: Callable[P, Awaitable[R]],
         *,
+        engine: Engine,
         ttl: float | None,
         key: str | None,
         key_prefix: str | None,
@@ -333,7 +345,10 @@ class CachedFunction(Generic[P, R]):
         self._cache = cache
         # The engine and key builder of a cache never change (`use` swaps the engine's backend),
         # so the hot path reaches them without going through the façade.
-        self._engine = cache._engine
+        self._engine = engine
+        self._read_through = engine.through.through
+        self._breaker = engine.guard.breaker
+        self._strict = engine.guard.strict
         self._keys = cache.keys
         self._func = func
         self._ttl = ttl
@@ -376,26 +391,27 @@ class CachedFunction(Generic[P, R]):
         """Returns the cached result of the call, computing and storing it on a miss."""
         if self._bound is not _UNBOUND:
             args = (self._bound, *args)  # type: ignore[assignment]  # P of the bound method excludes self
-        engine = self._engine
-        if engine.local is not None:
+        local = self._engine.local
+        if local is not None:
             # A local hit costs no coroutine of the engine's: one dict lookup.
             full = self._plan.stored(args, kwargs)
             spec = self._spec or self._make_spec()
-            value = engine.local_get(full, spec.codec, self._stats)
+            value = local.get(full, spec.codec, self._stats)
             if value is MISSING:
-                value = await engine.through(full, self._func, args, kwargs, spec)
+                value = await self._read_through(full, self._func, args, kwargs, spec)
             return cast("R", value)
-        breaker = engine.breaker
-        if breaker.open_until and not engine.strict and breaker.blocked():
+        breaker = self._breaker
+        if breaker.open_until and not self._strict and breaker.blocked():
             # The backend is known to be down: skip even the key, and call the function as if
             # there were no cache; an outage then costs about a microsecond a call.
-            engine.count(
+            reporter = self._engine.reporter
+            reporter.count(
                 Outcome.BACKEND_ERROR,
-                self._plan.stored(args, kwargs) if engine.hooks else "",
+                self._plan.stored(args, kwargs) if reporter.hooks else "",
                 self._stats,
             )
             return await self._func(*args, **kwargs)
-        value = await engine.through(
+        value = await self._read_through(
             self._plan.stored(args, kwargs),
             self._func,
             args,
@@ -417,11 +433,11 @@ class CachedFunction(Generic[P, R]):
         if self._bound is not _UNBOUND:
             args = (self._bound, *args)  # type: ignore[assignment]  # as in __call__
         spec = self._spec or self._make_spec()
-        value = await self._engine.compute(
+        value = await self._engine.through.compute(
             self._plan.stored(args, kwargs),
             functools.partial(self._func, *args, **kwargs),
             spec,
-            tags=self._engine.resolve_tags(spec, args, kwargs),
+            tags=spec.tags_of(args, kwargs),
             force=True,
         )
         self._stats.refreshes += 1

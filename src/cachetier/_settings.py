@@ -28,7 +28,7 @@ from pydantic_core.core_schema import ErrorType
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from typing_extensions import Self, assert_never
 
-from ._breaker import MAX_COOLDOWN
+from ._core.breaker import MAX_COOLDOWN
 from ._errors import ConfigurationError
 from ._redact import redact_url
 from ._ttl import MAX_TTL

@@ -47,11 +47,11 @@ from typing_extensions import Self, Unpack
 
 from ._cache import Cache
 from ._cached import CachedFunction
+from ._core.stats import CacheStats
 from ._errors import BackendError, CounterError
 from ._log import LOGGER
 from ._policy import PolicyOptions
 from ._settings import CacheSettings
-from ._stats import CacheStats
 from ._ttl import TTL, TTLLike
 from .backends.null import NullBackend
 

@@ -3,7 +3,7 @@
 The bytes are stored straight through the backend, as a foreign writer, a corrupted server or an
 older release would leave them. Readers are `Cache.get`, `Cache.get_or_set` and decorated
 functions with typed return annotations. The expected outcome of each read comes from the
-documented entry layout (see ``cachetier._entry``): a magic byte 0xC1, format 1, two reserved
+documented entry layout (see ``cachetier._core.entry``): a magic byte 0xC1, format 1, two reserved
 bytes, then ``created``, ``fresh_until`` (float64) and ``delta`` (float32), then the payload.
 """
 

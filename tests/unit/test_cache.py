@@ -715,7 +715,7 @@ async def test_stats_report_backend_latency_percentiles(cache: Cache) -> None:
 
 
 def test_latency_percentiles_are_within_a_quarter_of_the_truth() -> None:
-    from cachetier._stats import LatencyHistogram
+    from cachetier._core.stats import LatencyHistogram
 
     histogram = LatencyHistogram()
     durations = [1_000 * i for i in range(1, 10_001)]  # 1 us to 10 ms, evenly

@@ -189,7 +189,7 @@ async def test_the_journal_limit_is_checked(clock: FakeClock) -> None:
 
 
 def test_a_bump_stands_for_everything_journaled_before_or_after_it() -> None:
-    from cachetier._journal import Journal
+    from cachetier._core.journal import Journal
 
     journal = Journal(limit=10)
     journal.record(keys=["a", "b"], tags=["t"])

@@ -5,11 +5,21 @@ from __future__ import annotations
 from typing import Any, cast
 
 from cachetier import LocalTier
-from cachetier._local import LocalState
+from cachetier._core.local import LocalState
 
 
 def state(max_entries: int) -> LocalState:
-    local = LocalState(cast("Any", None), cast("Any", None), LocalTier(max_entries=max_entries))
+    nothing = cast("Any", None)
+    local = LocalState(
+        nothing,
+        LocalTier(max_entries=max_entries),
+        prefix="ns:v1:",
+        generation=nothing,
+        reporter=nothing,
+        clock=nothing,
+        bypassing=nothing,
+        track=nothing,
+    )
     local.live = True
     return local
 

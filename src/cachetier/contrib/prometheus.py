@@ -63,7 +63,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from .._cache import Cache
-from .._stats import CacheStats, ReadEvent
+from .._core.stats import CacheStats, ReadEvent
 from .._types import Outcome
 
 __all__ = ("CacheCollector", "instrument")

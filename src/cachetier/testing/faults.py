@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Final, final
 
-from .._entry import HEADER_SIZE
+from .._core.entry import HEADER_SIZE
 from .._errors import BackendError
 from ..backends._protocol import Backend
 

@@ -36,8 +36,8 @@ from typing import Any, Final, NoReturn, Protocol, TypeVar, cast, final
 import pytest
 
 from .._cache import Cache
+from .._core.stats import CacheStats
 from .._errors import BackendError
-from .._stats import CacheStats
 from ..backends._protocol import Backend
 from ..backends.memory import MemoryBackend
 from ._clock import FakeClock

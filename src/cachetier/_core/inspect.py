@@ -10,13 +10,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from ._entry import FORMAT, HEADER, LEASE_PREFIX, MAGIC, SIGNED_MAGIC
-from ._types import MISSING, Outcome
-
-if TYPE_CHECKING:
-    from ._engine import Engine
+from .._types import MISSING, Outcome
+from .entry import (
+    FORMAT,
+    MAGIC,
+    SIGNED_MAGIC,
+    finish,
+    fresh_until,
+    generation_of,
+    is_lease,
+)
+from .through import ReadThrough
 
 __all__ = ("Inspection", "InspectionState", "inspect_entry")
 
@@ -57,7 +63,7 @@ class Inspection:
 
 
 async def inspect_entry(
-    engine: Engine, key: str, full: str, loads: Callable[[bytes], object]
+    through: ReadThrough, key: str, full: str, loads: Callable[[bytes], object]
 ) -> Inspection:
     """Reads the stored key ``full`` (relative: ``key``) and says what it holds.
 
@@ -66,9 +72,9 @@ async def inspect_entry(
     """
     # The first read of a process fetches the namespace generation in the same MGET, so the
     # entry is judged against the generation the store holds now.
-    data = await engine.fetch_one(full)
+    data = await through.reader.fetch_one(full)
     if data is None:
-        if await engine.backend.exists(full):
+        if await through.guard.backend.exists(full):
             # MGET answers nil for a key of another Redis type.
             return Inspection(
                 key,
@@ -77,14 +83,14 @@ async def inspect_entry(
                 "wrote), not a cache entry",
             )
         return Inspection(key, "absent", reason="absent or expired")
-    if data.startswith(LEASE_PREFIX) and len(data) == len(LEASE_PREFIX) + 16:
+    if is_lease(data):
         return Inspection(
             key,
             "leased",
             reason="a computation in progress holds it (a lease); its result is stored when "
             "it finishes, and reads treat the key as absent until then",
         )
-    if engine.signer is None and data[:1] == bytes((SIGNED_MAGIC,)):
+    if through.signer is None and data[:1] == bytes((SIGNED_MAGIC,)):
         # The application, holding the key, may well read it: this is no fault of the entry.
         return Inspection(
             key,
@@ -99,50 +105,48 @@ async def inspect_entry(
             f"reads format {FORMAT})",
             "other_format",
         )
-    now = engine.clock()
-    opened = engine.examine(full, data)
+    now = through.clock()
+    opened = through.examine(full, data)
     if isinstance(opened, tuple):
         outcome, value = opened
         if outcome is Outcome.DECODE_ERROR:
             return _unreadable(key, str(value))
         if outcome is Outcome.HIT:
             return Inspection(key, "counter", value, "a counter (written by cache.incr)")
-        if data[:1] not in (bytes((MAGIC,)), bytes((SIGNED_MAGIC,))) and not data.startswith(
-            LEASE_PREFIX
-        ):
+        if data[:1] not in (bytes((MAGIC,)), bytes((SIGNED_MAGIC,))) and not is_lease(data):
             return Inspection(
                 key,
                 "unsigned_integer",
                 reason="it holds a plain integer, which a signed cache never serves: read a "
                 "counter with cache.incr(key, 0)",
             )
-        generation = HEADER.unpack_from(data)[4]
+        generation = generation_of(data)
         return Inspection(
             key,
             "other_generation",
             reason=f"it was written at generation {generation}, but this namespace and version "
-            f"are at generation {engine.generation} (bump-version, or a store that lost its "
+            f"are at generation {through.generation.value} (bump-version, or a store that lost its "
             "generation); reads treat it as absent, and it stays until it expires or is "
             "overwritten",
         )
-    if opened.tag_keys and not await engine.tags_hold(opened.tag_keys, opened.stamps):
+    if opened.tag_keys and not await through.tags.hold(opened.tag_keys, opened.stamps):
         return Inspection(
             key,
             "invalidated_by_tag",
             reason="one of its tags was invalidated after it was computed; reads treat it as "
             "absent, and it stays until it expires or is overwritten",
         )
-    outcome, value = engine.finish(opened, loads, now)
+    outcome, value = finish(opened, loads, now)
     if outcome is Outcome.DECODE_ERROR:
         return _unreadable(key, str(value))
     if outcome is Outcome.HIT:
         return Inspection(key, "value", value)
-    fresh_until = HEADER.unpack_from(opened.data)[6]
-    stale_since = datetime.fromtimestamp(fresh_until, timezone.utc)
+    until = fresh_until(opened.data)
+    stale_since = datetime.fromtimestamp(until, timezone.utc)
     return Inspection(
         key,
         "stale",
-        reason=f"its value went stale {now - fresh_until:.0f} s ago (at "
+        reason=f"its value went stale {now - until:.0f} s ago (at "
         f"{stale_since:%Y-%m-%d %H:%M:%S} UTC); it is kept only for stale-while-revalidate "
         "or stale-if-error, and a plain read treats it as absent",
     )

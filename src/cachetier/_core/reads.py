@@ -1,17 +1,18 @@
-"""`SharedReads`: concurrent reads merged into as few backend round trips as possible."""
+"""`Reader`: every read of entries from the backend — concurrent reads merged into as few round
+trips as possible, the generation fetched along, and the journal replayed first."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, final
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, final
 
-from ._errors import BackendError
+from .._errors import BackendError
+from .generation import Generation
+from .guard import Guard
+from .journal import Journal
 
-if TYPE_CHECKING:
-    from ._engine import Engine
-
-__all__ = ("SharedReads",)
+__all__ = ("Reader",)
 
 
 class _ReadAbandoned(Exception):
@@ -25,13 +26,36 @@ _Read = list[Any]
 
 
 @final
-class SharedReads:
-    """The read path of one `Engine`: merges reads of one key, and batches reads of many."""
+class Reader:
+    """The read path of one `Cache`: merges reads of one key, and batches reads of many."""
 
-    __slots__ = ("_engine", "batch", "batch_loop", "in_flight", "reads")
+    __slots__ = (
+        "batch",
+        "batch_loop",
+        "generation",
+        "guard",
+        "in_flight",
+        "journal",
+        "reads",
+        "replay",
+        "track",
+    )
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(
+        self,
+        guard: Guard,
+        generation: Generation,
+        journal: Journal,
+        *,
+        replay: Callable[[], Awaitable[None]],
+        track: Callable[[asyncio.Task[Any]], None],
+    ) -> None:
+        self.guard = guard
+        self.generation = generation
+        self.journal = journal
+        # Replays the invalidations the journal holds; asked before anything is read.
+        self.replay = replay
+        self.track = track
         # Reads to the backend under way, and the keys queued to go out together as one MGET.
         self.in_flight = 0
         self.batch: list[tuple[str, _Read]] | None = None
@@ -65,12 +89,12 @@ class SharedReads:
         else in flight goes out at once, so a lone hit pays neither merge. Each waiter waits on
         a future of its own, so its cancellation cancels nothing else.
         """
-        engine = self._engine
-        if not engine.merge_reads:
-            engine.gate("GET")
-            data = await engine.fetch_one(full)
-            if engine.breaker.failures:
-                engine.breaker.succeeded()
+        guard = self.guard
+        if not guard.merge_reads:
+            guard.gate("GET")
+            data = await self.fetch_one(full)
+            if guard.breaker.failures:
+                guard.breaker.succeeded()
             return data
         loop = asyncio.get_running_loop()
         reads = self.reads
@@ -78,7 +102,7 @@ class SharedReads:
         if read is not None and read[0] is loop:
             return await self._wait_for(read, full, loop)
         # Nothing to join (or another event loop reads this key: read without merging).
-        engine.gate("GET")
+        guard.gate("GET")
         if read is None and self.in_flight and self.batch_loop in (None, loop):
             batch = self.batch
             if batch is None:
@@ -93,10 +117,10 @@ class SharedReads:
             own = reads[full] = [loop]
         self.in_flight += 1
         try:
-            data = await engine.fetch_one(full)
+            data = await self.fetch_one(full)
         except BaseException as exc:
             if not isinstance(exc, BackendError):
-                engine.breaker.abandoned()
+                guard.breaker.abandoned()
             if own is not None:
                 self._finish(full, own, None, exc)
             raise
@@ -104,7 +128,7 @@ class SharedReads:
             self.in_flight -= 1
         if own is not None:
             self._finish(full, own, data, None)
-        breaker = engine.breaker
+        breaker = guard.breaker
         if breaker.failures or breaker.open_until:
             breaker.succeeded()
         return data
@@ -118,19 +142,19 @@ class SharedReads:
             return await future
         except _ReadAbandoned:
             # The read this one waited for was cancelled before its answer came: read alone.
-            self._engine.gate("GET")
-            return await self._engine.fetch_one(full)
+            self.guard.gate("GET")
+            return await self.fetch_one(full)
 
     def _send_batch(self) -> None:
         """Sends the reads that queued during this turn of the event loop as one MGET."""
         batch, self.batch, loop, self.batch_loop = self.batch, None, self.batch_loop, None
         if batch and loop is not None:
-            self._engine.track(loop.create_task(self._read_batch(batch)))
+            self.track(loop.create_task(self._read_batch(batch)))
 
     async def _read_batch(self, batch: list[tuple[str, _Read]]) -> None:
         self.in_flight += 1
         try:
-            values = await self._engine.load_many([full for full, _ in batch])
+            values = await self.load_many([full for full, _ in batch])
         except BaseException as exc:
             # Each waiter's caller counts the failure for the breaker and logs it.
             for full, read in batch:
@@ -164,3 +188,36 @@ class SharedReads:
             else:
                 future.set_exception(failure)
                 future.exception()  # retrieved: its reader may be gone
+
+    async def fetch_one(self, full: str) -> bytes | None:
+        """GETs ``full``; every ``generation.interval`` seconds, with the generation in one MGET.
+
+        Keeping up with `bump_version` in other processes so costs no round trip of its own.
+        Once the generation known is due for a check, every read asks for it until an answer
+        has been adopted: a read that took the one known meanwhile could serve an entry from
+        before a bump older than the interval.
+        """
+        if self.journal.pending:
+            await self.replay()
+        generation = self.generation
+        if generation.value is not None and generation.clock() < generation.due:
+            return await self.guard.backend.get(full)
+        sent, sent_at = generation.send()
+        data, raw = await self.guard.backend.get_many([full, generation.key])
+        await generation.learn(raw, sent, sent_at)
+        return data
+
+    async def load_many(self, keys: list[str]) -> list[bytes | None]:
+        """GETs ``keys`` in one MGET, fetching the generation too when it is due."""
+        self.guard.gate("MGET")
+        if self.journal.pending:
+            await self.replay()
+        generation = self.generation
+        if generation.fresh():
+            found = await self.guard.backend.get_many(keys)
+        else:
+            sent, sent_at = generation.send()
+            found = await self.guard.backend.get_many([*keys, generation.key])
+            await generation.learn(found.pop(), sent, sent_at)
+        self.guard.succeeded()
+        return found

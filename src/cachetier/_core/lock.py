@@ -4,47 +4,51 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from ._errors import BackendError, LockTimeout
-from ._types import MISSING
-from .backends._protocol import LockingBackend
-
-if TYPE_CHECKING:
-    from ._engine import Engine, FetchSpec
+from .._errors import BackendError, LockTimeout
+from .._keys import KeyBuilder
+from .._types import MISSING
+from ..backends._protocol import LockingBackend
+from ..serializers import Serializer
+from .guard import Guard
+from .spec import FetchSpec
+from .stats import StatsRecorder
 
 __all__ = ("compute_locked",)
 
 
 async def compute_locked(
-    engine: Engine,
     backend: LockingBackend,
     full: str,
-    produce: Callable[[], Any],
     spec: FetchSpec,
-    seen: bytes | None,
-    tags: tuple[str, ...],
     *,
+    keys: KeyBuilder,
+    guard: Guard,
+    stats: StatsRecorder,
+    peek: Callable[[str, Serializer], Awaitable[Any]],
+    fetch: Callable[[], Awaitable[Any]],
     force: bool = False,
 ) -> Any:
     """One process computes; the others wait for its value, woken by a message when it lands.
 
-    With ``force`` (`CachedFunction.refresh`), a value found in the store is not taken: this
-    process waits for the lock, however long another holds it, then computes.
+    ``peek`` returns the fresh value at a key or `MISSING`; ``fetch`` computes and stores the
+    value. With ``force`` (`CachedFunction.refresh`), a value found in the store is not taken:
+    this process waits for the lock, however long another holds it, then computes.
     """
-    lock_name = engine.keys.lock_key(full)
-    channel = engine.keys.ready_channel(full)
+    lock_name = keys.lock_key(full)
+    channel = keys.ready_channel(full)
     token = secrets.token_hex(16)
     stampede = spec.stampede
 
     async def holding() -> Any:
         try:
             # The value may have landed between our miss and taking the lock.
-            found = MISSING if force else await engine.peek(full, spec.codec)
+            found = MISSING if force else await peek(full, spec.codec)
             if found is not MISSING:
                 return found
-            return await engine.fetch_and_store(full, produce, spec, seen=seen, tags=tags)
+            return await fetch()
         finally:
             # Release before waking the waiters, so that after a failed fetch one of them can
             # take the lock at once instead of waiting for it to expire.
@@ -52,12 +56,12 @@ async def compute_locked(
                 await backend.release_lock(lock_name, token)
                 await backend.publish(channel)
             except BackendError as exc:
-                engine.backend_failed("release_lock", exc)
+                guard.failed("release_lock", exc)
 
     try:
         if await backend.acquire_lock(lock_name, token, stampede.lock_ttl):
             return await holding()
-        engine.stats.lock_waits += 1
+        stats.lock_waits += 1
         if spec.stats is not None:
             spec.stats.lock_waits += 1
         deadline = time.monotonic() + stampede.lock_timeout
@@ -66,12 +70,12 @@ async def compute_locked(
         recheck = max(stampede.lock_ttl / 4, 0.01)
         async with backend.subscribe(channel) as notifications:
             # Subscribed first, then looked: a value that landed before we subscribed is seen.
-            found = MISSING if force else await engine.peek(full, spec.codec)
+            found = MISSING if force else await peek(full, spec.codec)
             if found is not MISSING:
                 return found
             while (remaining := deadline - time.monotonic()) > 0:
                 await notifications.wait(min(remaining, recheck))
-                found = MISSING if force else await engine.peek(full, spec.codec)
+                found = MISSING if force else await peek(full, spec.codec)
                 if found is not MISSING:
                     return found
                 if await backend.acquire_lock(lock_name, token, stampede.lock_ttl):
@@ -82,8 +86,8 @@ async def compute_locked(
                         f"no value for {full} within lock_timeout={stampede.lock_timeout} s "
                         "while another process held its lock"
                     )
-                return await engine.fetch_and_store(full, produce, spec, seen=seen, tags=tags)
+                return await fetch()
     except BackendError as exc:
-        engine.backend_failed("lock", exc)
-        return await engine.fetch_and_store(full, produce, spec, seen=seen, tags=tags)
+        guard.failed("lock", exc)
+        return await fetch()
     return await holding()

@@ -6,8 +6,8 @@ import math
 import time
 from typing import Final, Literal, final
 
-from ._errors import ConfigurationError
-from ._types import Clock
+from .._errors import ConfigurationError
+from .._types import Clock
 
 __all__ = ("MAX_COOLDOWN", "CircuitBreaker")
 

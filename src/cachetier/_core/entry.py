@@ -33,7 +33,10 @@ foreign value, and a reader with it refuses everything unsigned.
 
 A lease (0xC3 0xFF, never the start of UTF-8 text, then 16 random bytes) holds the key of a value being computed: a delete,
 pattern or tag invalidation that removes it tells the computation not to store its result
-(see `Engine.compute`). Readers treat a lease as absent.
+(see `Writer.begin`). Readers treat a lease as absent.
+
+This module is the one place that knows the layout: the read path, the write path, `inspect`
+and the CLI go through the names below.
 """
 
 from __future__ import annotations
@@ -41,25 +44,43 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final, final
 
-from ._errors import ConfigurationError
+from .._errors import ConfigurationError, SerializationError
+from .._types import MISSING, Outcome
 
 __all__ = (
+    "COUNTER",
+    "DELTA",
+    "DELTA_OFFSET",
     "FORMAT",
+    "FRESH",
+    "FRESH_OFFSET",
+    "GENERATION",
+    "GENERATION_END",
+    "GENERATION_OFFSET",
     "GUARD_SIZE",
     "HEADER",
     "HEADER_SIZE",
     "LEASE_PREFIX",
+    "LEASE_SIZE",
     "MAGIC",
     "SIGNED_MAGIC",
     "TAGGED",
+    "UNSIGNED",
     "EntrySigner",
+    "Opened",
     "encode_entry",
     "entry_tags",
+    "examine",
+    "finish",
+    "fresh_until",
+    "generation_of",
+    "is_lease",
     "new_lease",
     "new_stamp",
 )
@@ -82,6 +103,18 @@ A conditional write compares these, not the whole value: the header's random non
 two entries at one key apart, whatever their clocks said and whatever they hold.
 """
 _MIN_KEY_BYTES: Final = 16
+# Fields the read path reads without unpacking the whole header: bound structs at their offsets.
+GENERATION: Final = struct.Struct("<Q")
+GENERATION_OFFSET: Final = 4
+GENERATION_END: Final = 12
+FRESH: Final = struct.Struct("<d")
+FRESH_OFFSET: Final = 20
+DELTA: Final = struct.Struct("<f")
+DELTA_OFFSET: Final = 28
+LEASE_SIZE: Final = len(LEASE_PREFIX) + 16
+COUNTER: Final = re.compile(rb"-?[0-9]{1,20}")
+"""A counter as `Cache.incr` stores it: a plain decimal integer."""
+UNSIGNED: Final = "its signature does not verify (unsigned, tampered, or written under another key)"
 
 
 def encode_entry(
@@ -194,3 +227,87 @@ class EntrySigner:
         if not hmac.compare_digest(tag, self._tag(full, header, payload)):
             return None
         return bytes((MAGIC,)) + header[1:] + payload
+
+
+def is_lease(data: bytes) -> bool:
+    """Returns whether ``data`` is a lease rather than a value."""
+    return len(data) == LEASE_SIZE and data[:2] == LEASE_PREFIX
+
+
+def fresh_until(data: bytes) -> float:
+    """Returns when the unsigned entry ``data`` goes stale (unix seconds; 0.0: never)."""
+    return float(FRESH.unpack_from(data, FRESH_OFFSET)[0])
+
+
+def generation_of(data: bytes) -> int:
+    """Returns the generation the entry ``data`` (signed or not) was written at."""
+    return int(GENERATION.unpack_from(data, GENERATION_OFFSET)[0])
+
+
+_NO_TAGS: Final[list[str]] = []
+_NO_STAMPS: Final[list[bytes]] = []
+
+
+@final
+class Opened:
+    """An entry opened by `examine`: unsigned, with its tags parsed."""
+
+    __slots__ = ("data", "offset", "stamps", "tag_keys")
+
+    def __init__(self, data: bytes, tag_keys: list[str], stamps: list[bytes], offset: int):
+        self.data = data
+        self.tag_keys = tag_keys
+        self.stamps = stamps
+        self.offset = offset
+
+
+def examine(
+    full: str, data: bytes, signer: EntrySigner | None, current: Callable[[bytes], bool]
+) -> Opened | tuple[Outcome, object]:
+    """Opens stored ``data`` as far as it can be without decoding its value.
+
+    ``current`` tells whether an entry (header checked) is of the current generation. Returns
+    the entry (signature checked and removed, tags parsed), or the final outcome: (HIT, int)
+    for a counter, (MISS, `MISSING`) for a lease, an entry of another generation or, in a
+    signed cache, a plain integer, or (DECODE_ERROR, the reason).
+    """
+    # An unsigned entry, the common case, is told apart by its first byte alone.
+    if signer is not None or not data or data[0] != MAGIC:
+        if is_lease(data):
+            return Outcome.MISS, MISSING
+        if COUNTER.fullmatch(data):
+            if signer is not None:
+                # A plain integer cannot be told from a counter (INCRBY needs them
+                # unsigned), and anyone who can write to the store can write one: a signed
+                # cache serves none, and drops none either. `incr(key, 0)` reads a counter.
+                return Outcome.MISS, MISSING
+            return Outcome.HIT, int(data)
+        if signer is not None:
+            opened = signer.open(full, data)
+            if opened is None:
+                return Outcome.DECODE_ERROR, UNSIGNED
+            data = opened
+    if len(data) < HEADER_SIZE or data[0] != MAGIC or data[1] != FORMAT:
+        return Outcome.DECODE_ERROR, "not a cachetier entry (foreign or corrupt value)"
+    if not current(data):
+        return Outcome.MISS, MISSING
+    if not data[2]:
+        return Opened(data, _NO_TAGS, _NO_STAMPS, HEADER_SIZE)
+    try:
+        keys, stamps, offset = entry_tags(data)
+    except (ValueError, IndexError, struct.error) as exc:
+        return Outcome.DECODE_ERROR, f"its tag section is unreadable: {exc}"
+    return Opened(data, keys, stamps, offset)
+
+
+def finish(opened: Opened, loads: Callable[[bytes], object], now: float) -> tuple[Outcome, object]:
+    """Decodes an entry whose tags hold: (HIT or STALE, value) or (DECODE_ERROR, reason)."""
+    data = opened.data
+    until = FRESH.unpack_from(data, FRESH_OFFSET)[0]
+    try:
+        value = loads(data[opened.offset :])
+    except SerializationError as exc:
+        return Outcome.DECODE_ERROR, str(exc)
+    if not (not until or now < until):  # as in the read-through: NaN is never fresh
+        return Outcome.STALE, value
+    return Outcome.HIT, value

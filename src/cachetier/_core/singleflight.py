@@ -1,13 +1,15 @@
-"""`SingleFlight`: one in-process computation per key while other callers wait for its result."""
+"""`SingleFlight`: one in-process computation per key while other callers wait for its result;
+`Flights`: the single flights of a `Cache`, which invalidations can overtake."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Coroutine, Iterable
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Generic, TypeVar, final
 
-__all__ = ("SingleFlight",)
+__all__ = ("Flights", "SingleFlight")
 
 T = TypeVar("T")
 
@@ -90,3 +92,66 @@ class SingleFlight(Generic[T]):
         if not task.cancelled():
             # Mark the exception retrieved: when every waiter was cancelled nobody else will.
             task.exception()
+
+
+@final
+class Flights:
+    """The computations of one `Cache` under way, and the invalidations that overtook them.
+
+    A caller that joins a computation already under way gets its result only if no
+    invalidation overtook it: one from another process (which this process cannot see coming)
+    removes its lease or replaces the stamps of its tags, and its result, read from the
+    database before that invalidation, is then no answer for a call that may have started
+    after it. Such callers compute again, together. The caller that started the computation
+    takes its result either way: it started before the invalidation.
+    """
+
+    __slots__ = ("flights", "overtaken", "stamps", "tags_hold")
+
+    def __init__(
+        self,
+        *,
+        on_start: Callable[[asyncio.Task[Any]], None],
+        tags_hold: Callable[[list[str], list[bytes]], Awaitable[bool]],
+    ) -> None:
+        self.flights: SingleFlight[Any] = SingleFlight(on_start=on_start)
+        # Whether the tag stamps a computation recorded still hold.
+        self.tags_hold = tags_hold
+        # Computations an invalidation overtook, and the tag stamps each recorded: what a
+        # caller that joined one checks before taking its result (`run`).
+        self.overtaken: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+        self.stamps: weakref.WeakKeyDictionary[asyncio.Task[Any], list[tuple[str, bytes]]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def run(self, full: str, compute: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+        """Returns the result of the one computation of ``full`` in this process, joining it."""
+        flights = self.flights
+        task, leader = flights.start(full, compute)
+        value = await asyncio.shield(task)
+        if leader or not await self.was_overtaken(task):
+            return value
+        flights.forget(full, task)
+        task, _ = flights.start(full, compute)
+        return await asyncio.shield(task)
+
+    def overtaken_now(self) -> None:
+        """Marks the computation running in the current task as overtaken by an invalidation."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.overtaken.add(task)
+
+    def recorded(self, stamps: list[tuple[str, bytes]]) -> None:
+        """Notes the tag stamps the computation running in the current task recorded."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.stamps[task] = stamps
+
+    async def was_overtaken(self, task: asyncio.Task[Any]) -> bool:
+        """Whether an invalidation overtook the computation ``task`` ran (see `run`)."""
+        if task in self.overtaken:
+            return True
+        stamps = self.stamps.get(task)
+        if not stamps:
+            return False
+        return not await self.tags_hold([key for key, _ in stamps], [s for _, s in stamps])

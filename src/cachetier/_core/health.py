@@ -5,14 +5,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from ._errors import BackendError
-from ._stats import CacheStats
-from .backends._protocol import ServerInfoBackend
-
-if TYPE_CHECKING:
-    from ._engine import Engine
+from .._errors import BackendError
+from ..backends._protocol import ServerInfoBackend
+from .guard import Guard
+from .stats import CacheStats, StatsRecorder
 
 __all__ = ("HealthReport", "HealthStatus", "check_health")
 
@@ -65,15 +63,15 @@ class HealthReport:
 
 
 async def check_health(
-    engine: Engine, namespace: str, version: str, degraded_after_ms: float
+    guard: Guard, stats: StatsRecorder, namespace: str, version: str, degraded_after_ms: float
 ) -> HealthReport:
     """Returns the report `Cache.health_check` describes; never raises for a backend failure."""
-    backend = engine.backend
+    backend = guard.backend
     base: dict[str, Any] = {
         "backend": backend.kind,
         "namespace": namespace,
         "version": version,
-        "stats": engine.stats.snapshot(),
+        "stats": stats.snapshot(),
     }
     if backend.kind == "null":
         return HealthReport(status="disabled", available=False, latency_ms=None, **base)
@@ -85,16 +83,16 @@ async def check_health(
         if isinstance(backend, ServerInfoBackend):
             info = dict(await backend.server_info())
     except BackendError as exc:
-        engine.breaker.failed()
+        guard.breaker.failed()
         return HealthReport(
             status="unhealthy",
             available=False,
             latency_ms=None,
             error=str(exc),
-            breaker=engine.breaker.state,
+            breaker=guard.breaker.state,
             **base,
         )
-    engine.succeeded()
+    guard.succeeded()
     status: HealthStatus = "degraded" if latency_ms > degraded_after_ms else "healthy"
     return HealthReport(
         status=status,
@@ -105,7 +103,7 @@ async def check_health(
         connected_clients=_int_or_none(info.get("connected_clients")),
         ops_per_sec=_int_or_none(info.get("ops_per_sec")),
         server_version=str(info["redis_version"]) if "redis_version" in info else None,
-        breaker=engine.breaker.state,
+        breaker=guard.breaker.state,
         **base,
     )
 

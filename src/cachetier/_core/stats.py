@@ -1,13 +1,16 @@
-"""Counters of what a cache did, and `CacheStats`, their immutable snapshot."""
+"""Counters of what a cache did, `CacheStats`, their immutable snapshot, and `Reporter`, which
+counts each read and tells the read hooks."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias, final
 
-from ._types import Outcome
+from .._log import LOGGER, RateLimitedLog
+from .._types import Outcome
 
 __all__ = (
     "LATENCY_BOUNDS",
@@ -15,8 +18,13 @@ __all__ = (
     "LatencyHistogram",
     "ReadEvent",
     "ReadHook",
+    "Reporter",
     "StatsRecorder",
+    "debug_enabled",
 )
+
+# Bound once: asked on every read, and the logging module caches its answer per level.
+debug_enabled: Final = LOGGER.isEnabledFor
 
 # Four buckets per power of two of nanoseconds: quantiles within 25 % of the true value, from
 # 1 ns to hours, in a fixed list of ints; recording is a bit_length, two shifts and an add.
@@ -277,3 +285,37 @@ class StatsRecorder:
             latency_buckets=self.latency.cumulative(),
             latency_sum_seconds=self.latency.sum_ns / 1e9,
         )
+
+
+@final
+class Reporter:
+    """Counts the reads of one `Cache` in its stats (and a function's), and tells its hooks."""
+
+    __slots__ = ("hooks", "log", "stats")
+
+    def __init__(
+        self, stats: StatsRecorder, hooks: tuple[ReadHook, ...], log: RateLimitedLog
+    ) -> None:
+        self.stats = stats
+        self.hooks = hooks
+        self.log = log
+
+    def count(
+        self, outcome: Outcome, full: str, function_stats: StatsRecorder | None = None
+    ) -> None:
+        """Counts a read in the cache's stats (and the function's), and tells the read hooks."""
+        self.stats.record(outcome)
+        if function_stats is not None:
+            function_stats.record(outcome)
+        if self.hooks:
+            self.notify(ReadEvent(full, outcome, function_stats.name if function_stats else None))
+        if debug_enabled(logging.DEBUG):
+            LOGGER.debug("cache %s: %s", outcome.value, full)
+
+    def notify(self, event: ReadEvent) -> None:
+        """Tells every read hook of ``event``; a hook that raises is logged, never raised."""
+        for hook in self.hooks:
+            try:
+                hook(event)
+            except Exception as exc:  # noqa: BLE001, PERF203  # a broken hook must not break reads; try is free in 3.11+
+                self.log.warning("hook", "read hook %r raised %r", hook, exc)

@@ -1,0 +1,587 @@
+"""`ReadThrough`: reads that compute on a miss — freshness, stale-while-revalidate, stale-if-error,
+XFetch early refresh, single flight, leases, the cross-process lock — and the plain reads of
+`Cache.get`, which share its rules for what a stored entry means."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import logging
+import math
+import random
+import struct
+import time
+from collections.abc import Callable, Mapping
+from time import perf_counter_ns
+from typing import Any, Final, final
+
+from .._errors import BackendError, SerializationError
+from .._keys import KeyBuilder
+from .._log import LOGGER
+from .._types import MISSING, Clock, Outcome
+from ..backends._protocol import LockingBackend
+from ..serializers import Serializer
+from .entry import (
+    COUNTER,
+    DELTA,
+    DELTA_OFFSET,
+    FORMAT,
+    FRESH,
+    FRESH_OFFSET,
+    GENERATION_END,
+    GENERATION_OFFSET,
+    HEADER_SIZE,
+    LEASE_PREFIX,
+    LEASE_SIZE,
+    MAGIC,
+    UNSIGNED,
+    EntrySigner,
+    Opened,
+    entry_tags,
+    examine,
+    finish,
+    is_lease,
+)
+from .generation import Generation
+from .guard import Guard
+from .local import LocalState
+from .lock import compute_locked
+from .reads import Reader
+from .singleflight import Flights
+from .spec import FetchSpec
+from .stats import ReadEvent, Reporter, debug_enabled
+from .tags import Tags
+from .writes import LEASE_TTL, Writer
+
+__all__ = ("ReadThrough",)
+
+_GONE: Final = -1
+"""What `ReadThrough._verify` answers for an entry that must not be served."""
+_UNREADABLE: Final = -2
+"""What `ReadThrough._verify` answers for an entry it dropped: nothing is at the key now."""
+
+
+@final
+class ReadThrough:
+    """The read-through of one `Cache`: `Cache.get_or_set` and every decorated call come here."""
+
+    __slots__ = (
+        "bypassing",
+        "clock",
+        "flights",
+        "generation",
+        "guard",
+        "keys",
+        "local",
+        "reader",
+        "reporter",
+        "signer",
+        "stats",
+        "tags",
+        "writer",
+    )
+
+    def __init__(
+        self,
+        guard: Guard,
+        reader: Reader,
+        generation: Generation,
+        tags: Tags,
+        writer: Writer,
+        flights: Flights,
+        reporter: Reporter,
+        *,
+        keys: KeyBuilder,
+        signer: EntrySigner | None,
+        clock: Clock,
+        bypassing: contextvars.ContextVar[bool],
+    ) -> None:
+        self.guard = guard
+        self.reader = reader
+        self.generation = generation
+        self.tags = tags
+        self.writer = writer
+        self.flights = flights
+        self.reporter = reporter
+        self.stats = reporter.stats
+        self.keys = keys
+        self.signer = signer
+        self.clock = clock
+        self.bypassing = bypassing
+        # Set with the backend (`Engine.use`): the local tier follows it.
+        self.local: LocalState | None = None
+
+    # -- what a stored entry means ------------------------------------------------------------
+
+    def examine(self, full: str, data: bytes) -> Opened | tuple[Outcome, object]:
+        """Opens stored ``data`` (see `entry.examine`) against the current generation."""
+        return examine(full, data, self.signer, self.generation.current)
+
+    async def decode(
+        self, full: str, data: bytes, loads: Callable[[bytes], object], now: float
+    ) -> tuple[Outcome, object]:
+        """Returns what stored ``data`` means for a plain read: see `examine` and `finish`;
+        an entry invalidated through one of its tags is (MISS, `MISSING`)."""
+        opened = self.examine(full, data)
+        if not isinstance(opened, Opened):
+            return opened
+        if opened.tag_keys and not await self.tags.hold(opened.tag_keys, opened.stamps):
+            return Outcome.MISS, MISSING
+        return finish(opened, loads, now)
+
+    async def holds_value(self, full: str, data: bytes) -> bool:
+        """Returns whether ``data`` stored at ``full`` is a value: not a lease, not of another
+        generation, not invalidated through a tag."""
+        opened = self.examine(full, data)
+        if isinstance(opened, Opened):
+            return not opened.tag_keys or await self.tags.hold(opened.tag_keys, opened.stamps)
+        # A miss is a lease, an entry of another generation, or (signed cache) a plain integer,
+        # which is still a counter that exists. Anything else a read would refuse is there.
+        return opened[0] is not Outcome.MISS or (
+            not is_lease(data) and COUNTER.fullmatch(data) is not None
+        )
+
+    async def drop_undecodable(self, full: str, reason: object) -> None:
+        """Drops an entry that cannot be served, so the next read recomputes it."""
+        guard = self.guard
+        guard.log.warning("decode", "dropping unreadable cache entry %s: %s", full, reason)
+        await guard.run("UNLINK", "delete", guard.backend.delete, full, fallback=0)
+
+    async def peek(self, full: str, codec: Serializer) -> Any:
+        """Returns the fresh value at ``full``, or `MISSING`; counts nothing."""
+        if self.reader.journal.pending:
+            await self.reader.replay()
+        data = await self.guard.backend.get(full)
+        if data is None:
+            return MISSING
+        outcome, value = await self.decode(full, data, codec.loads, self.clock())
+        return value if outcome is Outcome.HIT else MISSING
+
+    # -- plain reads (`Cache.get`) --------------------------------------------------------------
+
+    async def read(self, full: str, codec: Serializer) -> tuple[Outcome, object]:
+        """Reads and decodes one entry for `Cache.get`; counts the outcome."""
+        count = self.reporter.count
+        if self.bypassing.get():
+            count(Outcome.BYPASSED, full)
+            return Outcome.BYPASSED, MISSING
+        local = self.local
+        seq = 0
+        if local is not None:
+            value = local.get(full, codec, None)
+            if value is not MISSING:
+                return Outcome.HIT, value
+            seq = local.seq
+        started = perf_counter_ns() if self.guard.timing else 0
+        try:
+            data = await self.reader.get(full)
+        except BackendError as exc:
+            self.guard.failed("get", exc)
+            count(Outcome.BACKEND_ERROR, full)
+            return Outcome.BACKEND_ERROR, MISSING
+        if started:
+            self.stats.latency.record(perf_counter_ns() - started)
+        if data is None:
+            count(Outcome.MISS, full)
+            return Outcome.MISS, MISSING
+        now = self.clock()
+        opened = self.examine(full, data)
+        if not isinstance(opened, Opened):
+            outcome, value = opened
+        elif opened.tag_keys and not await self.tags.hold(opened.tag_keys, opened.stamps):
+            outcome, value = Outcome.MISS, MISSING
+        else:
+            outcome, value = finish(opened, codec.loads, now)
+        if outcome is Outcome.HIT:
+            count(outcome, full)
+            if local is not None and isinstance(opened, Opened):
+                until = FRESH.unpack_from(opened.data, FRESH_OFFSET)[0]
+                local.keep(
+                    full,
+                    codec,
+                    value,
+                    min(until or math.inf, now + local.settings.ttl),
+                    seq,
+                    opened.tag_keys,
+                )
+            return outcome, value
+        if outcome is Outcome.DECODE_ERROR:
+            await self.drop_undecodable(full, value)
+            value = MISSING
+        elif outcome is Outcome.MISS:
+            count(outcome, full)
+            return outcome, value
+        # A stale entry is served only by policies that ask for it; a plain read misses.
+        count(Outcome.MISS if outcome is Outcome.STALE else outcome, full)
+        return outcome, value
+
+    # -- read-through ---------------------------------------------------------------------------
+
+    async def through(
+        self,
+        full: str,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        spec: FetchSpec,
+    ) -> Any:
+        """Reads ``full``; on a miss computes it once (per process, or per cluster with a lock).
+
+        The one place where freshness, stampede and fail-open rules meet: `Cache.get_or_set`
+        and every decorated call come here. ``func(*args, **kwargs)`` computes the value on a
+        miss. The fresh hit is the hot path: it allocates nothing it does not return, and
+        calls nothing but the read; the rarer cases (signed, tagged, of another generation,
+        stale, undecodable) each have a method of their own.
+        """
+        function_stats = spec.stats
+        breaker = self.guard.breaker
+        if self.bypassing.get() or (
+            breaker.open_until and not self.guard.strict and breaker.blocked()
+        ):
+            return await self._uncached(full, func, args, kwargs, function_stats)
+        # The local tier was asked first (`LocalState.get`); this read may keep what it finds.
+        local = self.local
+        seq = 0 if local is None else local.seq
+        read_failed = False
+        started = perf_counter_ns() if self.guard.timing else 0
+        try:
+            data = await self.reader.get(full)
+        except BackendError as exc:
+            self.guard.failed("get", exc)
+            self.reporter.count(Outcome.BACKEND_ERROR, full, function_stats)
+            data = None
+            # The backend just failed us: computing is enough, a write would wait on it again.
+            read_failed = True
+        else:
+            if started:
+                waited = perf_counter_ns() - started
+                self.stats.latency.record(waited)
+                if function_stats is not None:
+                    function_stats.latency.record(waited)
+            if data is None or (len(data) == LEASE_SIZE and data[:2] == LEASE_PREFIX):
+                # Absent, or leased by a computation under way (which will store it).
+                self.reporter.count(Outcome.MISS, full, function_stats)
+                data = None
+        # The entry as stored: a computation stores only if the key still holds it (`begin`).
+        seen = data
+        stale: bytes | None = None
+        if data is not None and self.signer is not None:
+            data = await self._unsigned(full, data, function_stats)
+            if data is None:
+                seen = None
+        if data is not None:
+            if len(data) >= HEADER_SIZE and data[0] == MAGIC and data[1] == FORMAT:
+                offset = HEADER_SIZE
+                tag_keys: list[str] = []
+                if data[GENERATION_OFFSET:GENERATION_END] != self.generation.packed or data[2]:
+                    offset, tag_keys = await self._verify(full, data, function_stats)
+                    if offset == _UNREADABLE:
+                        seen = None
+                if offset >= 0:
+                    fresh_until = FRESH.unpack_from(data, FRESH_OFFSET)[0]
+                    now = self.clock()
+                    if not fresh_until or now < fresh_until:
+                        try:
+                            value = spec.codec.loads(data[offset:])
+                        except SerializationError as exc:
+                            await self._undecodable(full, exc, function_stats)
+                            seen = None
+                        else:
+                            # A hit, counted inline: record() and its branches cost a microsecond.
+                            self.stats.hits += 1
+                            if function_stats is not None:
+                                function_stats.hits += 1
+                            reporter = self.reporter
+                            if reporter.hooks:
+                                reporter.notify(
+                                    ReadEvent(
+                                        full, Outcome.HIT, function_stats and function_stats.name
+                                    )
+                                )
+                            if debug_enabled(logging.DEBUG):
+                                LOGGER.debug("cache hit: %s", full)
+                            if local is not None:
+                                local.keep(
+                                    full,
+                                    spec.codec,
+                                    value,
+                                    min(fresh_until or math.inf, now + local.settings.ttl),
+                                    seq,
+                                    tag_keys,
+                                )
+                            beta = spec.freshness.early_refresh_beta
+                            if beta and fresh_until:
+                                delta = DELTA.unpack_from(data, DELTA_OFFSET)[0]
+                                if _xfetch_due(now, fresh_until, delta, beta):
+                                    self.refresh_soon(full, func, args, kwargs, spec, seen)
+                            return value
+                    else:
+                        served, value, stale, seen = await self._past_fresh(
+                            full, data, offset, fresh_until, now, (func, args, kwargs), spec, seen
+                        )
+                        if served:
+                            return value
+            else:
+                await self._undecodable(
+                    full, "not an entry written by a cached function", function_stats
+                )
+                seen = None
+        return await self._compute_missing(
+            full, func, args, kwargs, spec, write=not read_failed, seen=seen, stale=stale
+        )
+
+    async def _uncached(
+        self,
+        full: str,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        function_stats: Any,
+    ) -> Any:
+        """Runs the function as if no cache existed: inside `Cache.bypass`, or while the
+        breaker is open — with no single flight, serialization or write, so an outage costs
+        microseconds a call."""
+        outcome = Outcome.BYPASSED if self.bypassing.get() else Outcome.BACKEND_ERROR
+        self.reporter.count(outcome, full, function_stats)
+        result = func(*args, **kwargs)
+        return (await result) if inspect.isawaitable(result) else result
+
+    async def _unsigned(self, full: str, data: bytes, function_stats: Any) -> bytes | None:
+        """Returns the unsigned entry in ``data``; ``None`` (dropped, counted) if it does not
+        verify."""
+        opened = self.signer.open(full, data) if self.signer is not None else data
+        if opened is None:
+            await self._undecodable(full, UNSIGNED, function_stats)
+        return opened
+
+    async def _undecodable(self, full: str, reason: object, function_stats: Any) -> None:
+        await self.drop_undecodable(full, reason)
+        self.reporter.count(Outcome.DECODE_ERROR, full, function_stats)
+
+    async def _verify(self, full: str, data: bytes, function_stats: Any) -> tuple[int, list[str]]:
+        """Checks the generation and the tags of an entry: returns where its payload starts and
+        its tag keys, or `_GONE` (counted as a miss) or `_UNREADABLE` (dropped, counted)."""
+        if data[GENERATION_OFFSET:GENERATION_END] != self.generation.packed and (
+            not self.generation.current(data)
+        ):
+            # Written before `bump_version`: neither fresh nor stale, only gone.
+            self.reporter.count(Outcome.MISS, full, function_stats)
+            return _GONE, []
+        if not data[2]:
+            return HEADER_SIZE, []
+        try:
+            tag_keys, stamps, offset = entry_tags(data)
+        except (ValueError, IndexError, struct.error) as exc:
+            await self._undecodable(full, f"its tag section is unreadable: {exc}", function_stats)
+            return _UNREADABLE, []
+        if not await self.tags.hold(tag_keys, stamps):
+            # Invalidated through a tag: gone, not even stale.
+            self.reporter.count(Outcome.MISS, full, function_stats)
+            return _GONE, []
+        return offset, tag_keys
+
+    async def _past_fresh(
+        self,
+        full: str,
+        data: bytes,
+        offset: int,
+        fresh_until: float,
+        now: float,
+        call: tuple[Callable[..., Any], tuple[Any, ...], Mapping[str, Any]],
+        spec: FetchSpec,
+        seen: bytes | None,
+    ) -> tuple[bool, Any, bytes | None, bytes | None]:
+        """An entry past its fresh time: served while stale-while-revalidate allows (and
+        refreshed in the background), else kept for stale-if-error.
+
+        Returns (served, the value, the payload kept for stale-if-error, the entry seen).
+        """
+        freshness = spec.freshness
+        function_stats = spec.stats
+        if freshness.stale_ttl and now < fresh_until + freshness.stale_ttl:
+            try:
+                value = spec.codec.loads(data[offset:])
+            except SerializationError as exc:
+                await self._undecodable(full, exc, function_stats)
+                return False, MISSING, None, None
+            # Stale-while-revalidate: serve it, and refresh it in the background.
+            self.reporter.count(Outcome.STALE, full, function_stats)
+            self.refresh_soon(full, *call, spec, seen)
+            return True, value, None, seen
+        stale = None
+        if freshness.stale_if_error and now < fresh_until + freshness.stale_if_error:
+            stale = data[offset:]
+        self.reporter.count(Outcome.MISS, full, function_stats)
+        return False, MISSING, stale, seen
+
+    async def _compute_missing(
+        self,
+        full: str,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        spec: FetchSpec,
+        *,
+        write: bool,
+        seen: bytes | None,
+        stale: bytes | None,
+    ) -> Any:
+        """Computes a missing value once in this process; serves ``stale`` if that raises."""
+        produce = functools.partial(func, *args, **kwargs)
+        tags = spec.tags_of(args, kwargs)
+
+        async def compute() -> Any:
+            return await self.compute(full, produce, spec, write=write, seen=seen, tags=tags)
+
+        if stale is None:
+            return await self.flights.run(full, compute)
+        try:
+            return await self.flights.run(full, compute)
+        except Exception as exc:  # noqa: BLE001  # stale-if-error absorbs exactly the fetch's own errors
+            try:
+                value = spec.codec.loads(stale)
+            except SerializationError:
+                raise exc from None
+            self.reporter.count(Outcome.STALE, full, spec.stats)
+            self.guard.log.warning(
+                "stale_if_error", "serving the stale value of %s: computing it raised %r", full, exc
+            )
+            return value
+
+    # -- computing --------------------------------------------------------------------------------
+
+    def refresh_soon(
+        self,
+        full: str,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        spec: FetchSpec,
+        seen: bytes | None,
+    ) -> None:
+        """Starts one background recomputation of ``full`` unless one is already under way."""
+        flights = self.flights.flights
+        if flights.is_running(full):
+            return
+        self.stats.refreshes += 1
+        if spec.stats is not None:
+            spec.stats.refreshes += 1
+        produce = functools.partial(func, *args, **kwargs)
+        tags = spec.tags_of(args, kwargs)
+
+        async def compute() -> Any:
+            return await self.compute(full, produce, spec, seen=seen, tags=tags)
+
+        task, _ = flights.start(full, compute)
+        task.add_done_callback(self._log_failed_refresh)
+
+    def _log_failed_refresh(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.guard.log.warning(
+                "refresh", "background refresh failed, the old value stays: %r", exc
+            )
+
+    async def compute(
+        self,
+        full: str,
+        produce: Callable[[], Any],
+        spec: FetchSpec,
+        *,
+        write: bool = True,
+        seen: bytes | None = None,
+        tags: tuple[str, ...] = (),
+        force: bool = False,
+    ) -> Any:
+        """Computes and stores ``full``, under a cross-process lock when the policy asks for one.
+
+        ``seen`` is the entry the miss read found at ``full`` (``None``: nothing usable) and
+        ``tags`` the tags to record. With ``write=False`` the value is only computed: neither
+        locked nor stored. With ``force``, the value is computed even when the lock's holder
+        stored one meanwhile (a refresh asked for a new value).
+        """
+        if not write:
+            return await self.fetch_and_store(full, produce, spec, write=False)
+        backend = self.guard.backend
+        if (
+            spec.stampede.lock
+            and isinstance(backend, LockingBackend)
+            and not self.guard.breaker.open_until
+        ):
+            return await compute_locked(
+                backend,
+                full,
+                spec,
+                keys=self.keys,
+                guard=self.guard,
+                stats=self.stats,
+                peek=self.peek,
+                fetch=functools.partial(
+                    self.fetch_and_store, full, produce, spec, seen=seen, tags=tags
+                ),
+                force=force,
+            )
+        return await self.fetch_and_store(full, produce, spec, seen=seen, tags=tags)
+
+    async def fetch_and_store(
+        self,
+        full: str,
+        produce: Callable[[], Any],
+        spec: FetchSpec,
+        *,
+        write: bool = True,
+        seen: bytes | None = None,
+        tags: tuple[str, ...] = (),
+    ) -> Any:
+        """Calls ``produce`` (awaiting what it returns, if awaitable) and stores the result.
+
+        The write is guarded (`Writer.begin`): it stores only if no invalidation reached
+        ``full`` since before ``produce`` was called.
+        """
+        writer = self.writer
+        guard = await writer.begin(full, seen) if write else None
+        stamps: list[tuple[str, bytes]] | None = []
+        if guard is not None and tags:
+            ttl = spec.ttl
+            stamps = await self.tags.stamp(
+                full,
+                tags,
+                None if ttl is None else ttl + spec.freshness.keep_after_ttl + LEASE_TTL,
+            )
+            if stamps is None:
+                await writer.release(full, guard)
+                guard = None
+        generation = self.generation.value
+        if stamps:
+            self.flights.recorded(stamps)
+        started = time.perf_counter()
+        try:
+            result = produce()
+            if inspect.isawaitable(result):
+                result = await result
+        except BaseException:
+            if guard:
+                await writer.release(full, guard)
+            raise
+        delta = time.perf_counter() - started
+        stored = False
+        if (
+            guard is not None
+            and generation is not None
+            and (spec.should_store is None or spec.should_store(result))
+        ):
+            stored = await writer.store(full, result, spec, delta, guard, generation, stamps or ())
+        if guard and not stored:
+            await writer.release(full, guard)
+        return result
+
+
+def _xfetch_due(now: float, fresh_until: float, delta: float, beta: float) -> bool:
+    """XFetch: refresh early with a probability that grows near expiry and with compute time.
+
+    ``now - delta * beta * ln(U)`` for uniform ``U`` in (0, 1] reaches ``fresh_until`` early
+    more often the longer the value took to compute (``delta``); see Vattani et al., VLDB 2015.
+    """
+    u = 1.0 - random.random()  # noqa: S311  # a refresh schedule, not security
+    return now - delta * beta * math.log(u) >= fresh_until
