@@ -24,20 +24,20 @@ from typing_extensions import Self, Unpack
 from ._cached import CachedFunction
 from ._core.breaker import CircuitBreaker
 from ._core.engine import Engine
-from ._core.entry import EntrySigner, Opened, finish, new_stamp
+from ._core.entry import EntrySigner
 from ._core.health import HealthReport, check_health
 from ._core.inspect import Inspection, inspect_entry
 from ._core.local import LocalTier
 from ._core.spec import FetchSpec
 from ._core.stats import CacheStats, ReadHook
-from ._core.tags import TAG_KEEP, check_tags
-from ._errors import BackendError, ConfigurationError
+from ._core.tags import check_tags
+from ._errors import ConfigurationError
 from ._keys import KeyBuilder, check_key_collection
 from ._log import LOGGER
 from ._policy import PolicyOptions, build_policies
 from ._ttl import TTL, TTLLike, to_seconds
 from ._types import MISSING, Clock, Outcome
-from .backends._protocol import Backend, GuardedBackend
+from .backends._protocol import Backend
 from .serializers import JsonSerializer, Serializer
 
 if TYPE_CHECKING:
@@ -334,7 +334,7 @@ class Cache:
             BackendError: the backend failed and the cache is strict.
         """
         full = self._keys.full(key)
-        outcome, value = await self._engine.through.read(full, self._engine.serializer)
+        outcome, value = await self._engine.lookups.read(full, self._engine.serializer)
         if outcome is Outcome.HIT:
             return value
         return default
@@ -350,51 +350,12 @@ class Cache:
         relative = list(keys)
         if not relative:
             return {}
-        full = [self._keys.full(key) for key in relative]
-        engine = self._engine
-        try:
-            found = await engine.reader.load_many(full)
-        except BackendError as exc:
-            engine.guard.failed("get_many", exc)
-            for full_key in full:
-                engine.reporter.count(Outcome.BACKEND_ERROR, full_key, None)
-            return {}
-        through = engine.through
-        opened = [
-            None if data is None else through.examine(f, data)
-            for f, data in zip(full, found, strict=True)
-        ]
-        # The tags of every tagged entry are checked together: one more round trip, not one
-        # per entry.
-        tagged = [entry for entry in opened if isinstance(entry, Opened) and entry.tag_keys]
-        invalidated: set[int] = set()
-        if tagged:
-            current = await engine.tags.current([key for entry in tagged for key in entry.tag_keys])
-            start = 0
-            for one in tagged:
-                end = start + len(one.stamps)
-                if current is None or current[start:end] != one.stamps:
-                    invalidated.add(id(one))
-                start = end
-        result: dict[str, object] = {}
-        now = engine.clock()
-        for key, full_key, entry in zip(relative, full, opened, strict=True):
-            outcome: Outcome
-            value: object
-            if entry is None or id(entry) in invalidated:
-                outcome, value = Outcome.MISS, MISSING
-            elif isinstance(entry, Opened):
-                outcome, value = finish(entry, engine.serializer.loads, now)
-            else:
-                outcome, value = entry
-            if outcome is Outcome.DECODE_ERROR:
-                await through.drop_undecodable(full_key, value)
-            engine.reporter.count(
-                Outcome.MISS if outcome is Outcome.STALE else outcome, full_key, None
-            )
-            if outcome is Outcome.HIT:
-                result[key] = value
-        return result
+        values = await self._engine.lookups.read_many(
+            [self._keys.full(key) for key in relative], self._engine.serializer
+        )
+        return {
+            key: value for key, value in zip(relative, values, strict=True) if value is not MISSING
+        }
 
     async def inspect(self, key: str) -> Inspection:
         """Returns what ``key`` holds and whether a read would serve it, changing nothing.
@@ -414,7 +375,7 @@ class Cache:
             "GET",
             "inspect",
             inspect_entry,
-            engine.through,
+            engine.lookups,
             key,
             full,
             engine.serializer.loads,
@@ -435,7 +396,7 @@ class Cache:
         )
         if data is MISSING or data is None:
             return False
-        return await engine.through.holds_value(full, data)
+        return await engine.lookups.holds_value(full, data)
 
     async def ttl(self, key: str) -> float | None:
         """Returns the seconds ``key`` has left, ``math.inf`` if it never expires, ``None`` if absent.
@@ -468,24 +429,9 @@ class Cache:
         full = self._keys.full(key)
         tag_names = check_tags(tags)
         engine = self._engine
-        writer = engine.writer
-        seconds = writer.jittered(self._ttl_seconds(ttl))
-        payload = writer.dumps(full, value, engine.serializer)
-        if payload is None:
-            return False
-        try:
-            generation = await writer.known_generation("set")
-            if generation is None:
-                return False
-            stamps: list[tuple[str, bytes]] | None = []
-            if tag_names:
-                stamps = await engine.tags.stamp(full, tag_names, seconds)
-            if stamps is None:
-                return False
-            data = writer.entry(full, payload, seconds, generation=generation, tags=stamps)
-            return await writer.write(full, data, seconds)
-        finally:
-            engine.invalidations.changed((full,))
+        return await engine.writer.set(
+            full, value, self._ttl_seconds(ttl), tag_names, engine.serializer
+        )
 
     async def add(self, key: str, value: object, ttl: TTLLike | None = None) -> bool:
         """Stores ``value`` only if ``key`` holds nothing; returns whether it was stored.
@@ -497,25 +443,7 @@ class Cache:
         """
         full = self._keys.full(key)
         engine = self._engine
-        writer = engine.writer
-        seconds = writer.jittered(self._ttl_seconds(ttl))
-        payload = writer.dumps(full, value, engine.serializer)
-        if payload is None:
-            return False
-        generation = await writer.known_generation("add")
-        if generation is None:
-            return False
-        data = writer.entry(full, payload, seconds, generation=generation)
-        guard = engine.guard
-        try:
-            stored = await guard.run(
-                "SET NX", "add", guard.backend.add, full, data, seconds, fallback=False
-            )
-        finally:
-            engine.invalidations.changed((full,))
-        if stored:
-            engine.stats.sets += 1
-        return stored
+        return await engine.writer.add(full, value, self._ttl_seconds(ttl), engine.serializer)
 
     async def set_many(self, mapping: Mapping[str, object], ttl: TTLLike | None = None) -> bool:
         """Stores every item with the same ``ttl`` in one round trip; returns whether they were stored.
@@ -528,39 +456,9 @@ class Cache:
             SerializationError: a value cannot be serialized; nothing is stored.
             BackendError: the backend failed and the cache is strict.
         """
-        # One jitter for the batch: the backend writes it with a single TTL in one round trip.
+        items = {self._keys.full(key): value for key, value in mapping.items()}
         engine = self._engine
-        writer = engine.writer
-        seconds = writer.jittered(self._ttl_seconds(ttl))
-        payloads: dict[str, bytes] = {}
-        for key, value in mapping.items():
-            full = self._keys.full(key)
-            payload = writer.dumps(full, value, engine.serializer)
-            if payload is not None:
-                payloads[full] = payload
-        if not payloads:
-            return not mapping
-        generation = await writer.known_generation("set_many")
-        if generation is None:
-            return False
-        items = {
-            full: writer.entry(full, payload, seconds, generation=generation)
-            for full, payload in payloads.items()
-        }
-        guard = engine.guard
-
-        async def write() -> bool:
-            await guard.backend.set_many(items, seconds)
-            return True
-
-        try:
-            stored = await guard.run("SET (many)", "set_many", write, fallback=False)
-        finally:
-            engine.invalidations.changed(tuple(items))
-        if not stored:
-            return False
-        engine.stats.sets += len(items)
-        return len(items) == len(mapping)
+        return await engine.writer.set_many(items, self._ttl_seconds(ttl), engine.serializer)
 
     async def delete(self, *keys: str) -> int:
         """Removes ``keys``; returns how many held a value (0 when the backend fails open).
@@ -572,25 +470,7 @@ class Cache:
         if not keys:
             return 0
         full = [self._keys.full(key) for key in keys]
-        engine = self._engine
-
-        async def unlink() -> int:
-            await engine.invalidations.trusted()
-            return await engine.guard.backend.delete(*full)
-
-        try:
-            deleted = await engine.guard.run(
-                "UNLINK",
-                "delete",
-                unlink,
-                fallback=0,
-                # It may have reached the store or not: the journal makes sure it does.
-                on_failure=lambda: engine.journal.record(keys=full),
-            )
-        finally:
-            engine.invalidations.changed(full)
-        engine.stats.deletes += deleted
-        return deleted
+        return await self._engine.invalidations.delete(full)
 
     async def incr(self, key: str, amount: int = 1, ttl: TTLLike | None = None) -> int:
         """Adds ``amount`` to the counter at ``key`` (absent counts as 0) and returns the result.
@@ -609,20 +489,7 @@ class Cache:
         if not isinstance(amount, int) or isinstance(amount, bool):
             raise TypeError(f"amount must be an int, not {type(amount).__name__}")
         full = self._keys.full(key)
-        engine = self._engine
-        seconds = self._ttl_seconds(ttl)
-
-        async def increment() -> int:
-            await engine.invalidations.trusted()
-            return await engine.guard.backend.incr(full, amount, seconds)
-
-        try:
-            # No fallback is returned: with always_raise, a failure raises.
-            return await engine.guard.run(
-                "INCRBY", "incr", increment, fallback=0, always_raise=True
-            )
-        finally:
-            engine.invalidations.changed((full,))
+        return await self._engine.writer.incr(full, amount, self._ttl_seconds(ttl))
 
     @overload
     async def get_or_set(
@@ -783,39 +650,9 @@ class Cache:
             TypeError: ``pattern`` is not a ``str``.
             BackendError: the backend failed and the cache is strict.
         """
-        return await self._delete_matching(
+        return await self._engine.invalidations.delete_matching(
             self._keys.pattern(pattern), tag_keys=False, on_progress=on_progress
         )
-
-    async def _delete_matching(
-        self,
-        full_pattern: str,
-        *,
-        tag_keys: bool,
-        on_progress: Callable[[int, int], object] | None = None,
-    ) -> int:
-        engine = self._engine
-        guard, invalidations = engine.guard, engine.invalidations
-        try:
-            guard.gate("SCAN")
-            await invalidations.trusted()
-            deleted, failure = await invalidations.unlink_matching(
-                full_pattern, tag_keys=tag_keys, on_progress=on_progress
-            )
-        except BackendError as exc:
-            deleted, failure = 0, exc
-        finally:
-            invalidations.changed_matching(full_pattern)
-        engine.stats.deletes += deleted
-        if failure is None:
-            guard.succeeded()
-            return deleted
-        if tag_keys:
-            engine.journal.record(clear=True)
-        else:
-            engine.journal.record(patterns=(full_pattern,))
-        guard.failed("delete_pattern", failure)
-        return deleted
 
     async def clear(self) -> int:
         """Removes every key of this namespace and version (never the whole database).
@@ -823,7 +660,9 @@ class Cache:
         Tag stamps go too; the generation counter of `bump_version` stays. Returns how many
         keys were removed.
         """
-        return await self._delete_matching(self._keys.pattern("*"), tag_keys=True)
+        return await self._engine.invalidations.delete_matching(
+            self._keys.pattern("*"), tag_keys=True
+        )
 
     async def invalidate_tags(self, *tags: str) -> int:
         """Invalidates every entry stored with any of ``tags``; returns how many of the tags
@@ -838,29 +677,7 @@ class Cache:
             TypeError: a tag is not a ``str``.
             BackendError: the backend failed and the cache is strict.
         """
-        names = check_tags(tags)
-        engine = self._engine
-        guard = engine.guard
-        if not names or not guard.guarded:
-            return 0
-        backend = cast("GuardedBackend", guard.backend)
-        tag_keys = engine.tags.tag_keys(names)
-
-        async def bump() -> int:
-            await engine.invalidations.trusted()
-            return await backend.tag_bump(tag_keys, new_stamp(), TAG_KEEP)
-
-        try:
-            return await guard.run(
-                "tag bump",
-                "invalidate_tags",
-                bump,
-                fallback=0,
-                on_failure=lambda: engine.journal.record(tags=tag_keys),
-            )
-        finally:
-            # Which values in flight or in the local tier carry these tags is not known here.
-            engine.invalidations.changed_all()
+        return await self._engine.invalidations.invalidate_tags(check_tags(tags))
 
     async def bump_version(self) -> int:
         """Invalidates every entry of this namespace and version at once; returns the new generation.
@@ -874,30 +691,7 @@ class Cache:
             BackendError: the backend failed (a lost bump must not go unnoticed, so this raises
                 even when the cache is not strict).
         """
-        engine = self._engine
-        generation_of = engine.generation
-
-        async def bump() -> int:
-            await engine.invalidations.trusted()
-            # A store that lost its generation starts it at random (see `Generation.learn`),
-            # never at the 1 a bare INCR would give: an earlier life of the key may have had 1.
-            await generation_of.start()
-            return await engine.guard.backend.incr(generation_of.key)
-
-        try:
-            generation = await engine.guard.run(
-                "INCR",
-                "bump_version",
-                bump,
-                fallback=0,
-                always_raise=True,
-                # Raised, so the caller knows; and journaled, so it happens once the store is
-                # back.
-                on_failure=lambda: engine.journal.record(bump=True),
-            )
-        finally:
-            engine.invalidations.changed_all()
-        generation_of.bumped(generation)
+        generation = await self._engine.invalidations.bump_version()
         LOGGER.info(
             "cache %s:%s bumped to generation %d",
             self._keys.namespace,

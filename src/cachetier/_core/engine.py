@@ -3,7 +3,7 @@
 Each rule lives in the part that owns it: `Guard` (every backend call), `Generation`
 (`bump_version`), `Reader` (merged reads), `Tags`, `Writer` (entries and leases), `Flights`
 (single flight), `Invalidations` (what a change means here, and the journal's replay),
-`ReadThrough` (computing on a miss) and `LocalState` (the local tier). The engine only holds
+`Lookups` (reads that compute nothing), `ReadThrough` (computing on a miss) and `LocalState` (the local tier). The engine only holds
 them, tracks background tasks, and hands the façade the few it calls.
 """
 
@@ -25,6 +25,7 @@ from .guard import Guard
 from .invalidation import Invalidations
 from .journal import Journal
 from .local import LocalState, LocalTier
+from .lookups import Lookups
 from .reads import Reader
 from .singleflight import Flights
 from .stats import ReadHook, Reporter, StatsRecorder
@@ -50,6 +51,7 @@ class Engine:
         "keys",
         "local",
         "local_settings",
+        "lookups",
         "reader",
         "reporter",
         "serializer",
@@ -113,6 +115,8 @@ class Engine:
             self.journal,
             keys,
             generation,
+            tags,
+            self.stats,
             reader=reader,
             flights=flights.flights,
             track=self.track,
@@ -125,11 +129,23 @@ class Engine:
             flights,
             self.stats,
             self.journal,
+            tags,
             trusted=invalidations.trusted,
+            changed=invalidations.changed,
             signer=signer,
             clock=clock,
             jitter=jitter,
             max_value_bytes=max_value_bytes,
+        )
+        self.lookups = lookups = Lookups(
+            guard,
+            reader,
+            generation,
+            tags,
+            self.reporter,
+            signer=signer,
+            clock=clock,
+            bypassing=self.bypassing,
         )
         self.through = ReadThrough(
             guard,
@@ -139,6 +155,7 @@ class Engine:
             writer,
             flights,
             self.reporter,
+            lookups,
             keys=keys,
             signer=signer,
             clock=clock,
@@ -172,7 +189,7 @@ class Engine:
                     "local tier off: the %s backend cannot report changes of its keys",
                     backend.kind,
                 )
-        self.invalidations.local = self.through.local = self.local
+        self.invalidations.local = self.lookups.local = self.through.local = self.local
 
     def track(self, task: asyncio.Task[Any]) -> None:
         """Keeps ``task`` until it ends, so `cancel_background` can stop it."""

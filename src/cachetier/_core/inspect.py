@@ -22,7 +22,7 @@ from .entry import (
     generation_of,
     is_lease,
 )
-from .through import ReadThrough
+from .lookups import Lookups
 
 __all__ = ("Inspection", "InspectionState", "inspect_entry")
 
@@ -63,7 +63,7 @@ class Inspection:
 
 
 async def inspect_entry(
-    through: ReadThrough, key: str, full: str, loads: Callable[[bytes], object]
+    lookups: Lookups, key: str, full: str, loads: Callable[[bytes], object]
 ) -> Inspection:
     """Reads the stored key ``full`` (relative: ``key``) and says what it holds.
 
@@ -72,9 +72,9 @@ async def inspect_entry(
     """
     # The first read of a process fetches the namespace generation in the same MGET, so the
     # entry is judged against the generation the store holds now.
-    data = await through.reader.fetch_one(full)
+    data = await lookups.reader.fetch_one(full)
     if data is None:
-        if await through.guard.backend.exists(full):
+        if await lookups.guard.backend.exists(full):
             # MGET answers nil for a key of another Redis type.
             return Inspection(
                 key,
@@ -90,7 +90,7 @@ async def inspect_entry(
             reason="a computation in progress holds it (a lease); its result is stored when "
             "it finishes, and reads treat the key as absent until then",
         )
-    if through.signer is None and data[:1] == bytes((SIGNED_MAGIC,)):
+    if lookups.signer is None and data[:1] == bytes((SIGNED_MAGIC,)):
         # The application, holding the key, may well read it: this is no fault of the entry.
         return Inspection(
             key,
@@ -105,8 +105,8 @@ async def inspect_entry(
             f"reads format {FORMAT})",
             "other_format",
         )
-    now = through.clock()
-    opened = through.examine(full, data)
+    now = lookups.clock()
+    opened = lookups.examine(full, data)
     if isinstance(opened, tuple):
         outcome, value = opened
         if outcome is Outcome.DECODE_ERROR:
@@ -125,11 +125,11 @@ async def inspect_entry(
             key,
             "other_generation",
             reason=f"it was written at generation {generation}, but this namespace and version "
-            f"are at generation {through.generation.value} (bump-version, or a store that lost its "
+            f"are at generation {lookups.generation.value} (bump-version, or a store that lost its "
             "generation); reads treat it as absent, and it stays until it expires or is "
             "overwritten",
         )
-    if opened.tag_keys and not await through.tags.hold(opened.tag_keys, opened.stamps):
+    if opened.tag_keys and not await lookups.tags.hold(opened.tag_keys, opened.stamps):
         return Inspection(
             key,
             "invalidated_by_tag",

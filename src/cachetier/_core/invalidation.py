@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, cast, final
 
 from .._errors import BackendError
@@ -26,7 +26,8 @@ from .journal import Journal
 from .local import LocalState
 from .reads import Reader
 from .singleflight import SingleFlight
-from .tags import TAG_KEEP
+from .stats import StatsRecorder
+from .tags import TAG_KEEP, Tags
 
 __all__ = ("BATCH", "Invalidations")
 
@@ -47,6 +48,8 @@ class Invalidations:
         "local",
         "reader",
         "replaying",
+        "stats",
+        "tags",
         "track",
     )
 
@@ -56,6 +59,8 @@ class Invalidations:
         journal: Journal,
         keys: KeyBuilder,
         generation: Generation,
+        tags: Tags,
+        stats: StatsRecorder,
         *,
         reader: Reader,
         flights: SingleFlight[Any],
@@ -68,11 +73,13 @@ class Invalidations:
         self.flights = flights
         self.track = track
         self.generation = generation
+        self.tags = tags
+        self.stats = stats
         # Set with the backend (`Engine.use`): the local tier follows it.
         self.local: LocalState | None = None
         self.replaying: asyncio.Task[None] | None = None
 
-    def changed(self, keys: list[str] | tuple[str, ...]) -> None:
+    def changed(self, keys: Sequence[str]) -> None:
         """Forgets what this process read or is computing of ``keys``: it changed them.
 
         Called when a write or an invalidation of ``keys`` has returned (or failed, since a
@@ -100,6 +107,110 @@ class Invalidations:
         self.flights.detach()
         if self.local is not None:
             self.local.clear()
+
+    # -- the invalidations of `Cache` ----------------------------------------------------------
+
+    async def delete(self, full: list[str]) -> int:
+        """`Cache.delete`: removes the stored keys ``full``; journaled if the backend fails."""
+
+        async def unlink() -> int:
+            await self.trusted()
+            return await self.guard.backend.delete(*full)
+
+        try:
+            deleted = await self.guard.run(
+                "UNLINK",
+                "delete",
+                unlink,
+                fallback=0,
+                # It may have reached the store or not: the journal makes sure it does.
+                on_failure=lambda: self.journal.record(keys=full),
+            )
+        finally:
+            self.changed(full)
+        self.stats.deletes += deleted
+        return deleted
+
+    async def delete_matching(
+        self,
+        full_pattern: str,
+        *,
+        tag_keys: bool,
+        on_progress: Callable[[int, int], object] | None = None,
+    ) -> int:
+        """`Cache.delete_pattern` and `Cache.clear` (``tag_keys``): see `unlink_matching`."""
+        guard = self.guard
+        try:
+            guard.gate("SCAN")
+            await self.trusted()
+            deleted, failure = await self.unlink_matching(
+                full_pattern, tag_keys=tag_keys, on_progress=on_progress
+            )
+        except BackendError as exc:
+            deleted, failure = 0, exc
+        finally:
+            self.changed_matching(full_pattern)
+        self.stats.deletes += deleted
+        if failure is None:
+            guard.succeeded()
+            return deleted
+        if tag_keys:
+            self.journal.record(clear=True)
+        else:
+            self.journal.record(patterns=(full_pattern,))
+        guard.failed("delete_pattern", failure)
+        return deleted
+
+    async def invalidate_tags(self, names: tuple[str, ...]) -> int:
+        """`Cache.invalidate_tags`: replaces the stamps of ``names``; journaled on failure."""
+        guard = self.guard
+        if not names or not guard.guarded:
+            return 0
+        backend = cast("GuardedBackend", guard.backend)
+        tag_keys = self.tags.tag_keys(names)
+
+        async def bump() -> int:
+            await self.trusted()
+            return await backend.tag_bump(tag_keys, new_stamp(), TAG_KEEP)
+
+        try:
+            return await guard.run(
+                "tag bump",
+                "invalidate_tags",
+                bump,
+                fallback=0,
+                on_failure=lambda: self.journal.record(tags=tag_keys),
+            )
+        finally:
+            # Which values in flight or in the local tier carry these tags is not known here.
+            self.changed_all()
+
+    async def bump_version(self) -> int:
+        """`Cache.bump_version`: increments the generation; a failure is journaled and raised."""
+        generation = self.generation
+
+        async def bump() -> int:
+            await self.trusted()
+            # A store that lost its generation starts it at random (see `Generation.learn`),
+            # never at the 1 a bare INCR would give: an earlier life of the key may have had 1.
+            await generation.start()
+            return await self.guard.backend.incr(generation.key)
+
+        try:
+            bumped = await self.guard.run(
+                "INCR",
+                "bump_version",
+                bump,
+                fallback=0,
+                always_raise=True,
+                # Raised, so the caller knows; and journaled, so it happens once the store is
+                # back.
+                on_failure=lambda: self.journal.record(bump=True),
+            )
+        finally:
+            self.changed_all()
+        generation.bumped(bumped)
+        return bumped
 
     # -- invalidations that failed: the journal ----------------------------------------------
 

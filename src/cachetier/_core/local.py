@@ -26,7 +26,7 @@ import asyncio
 import contextvars
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, final
 
 from .._errors import BackendError, ConfigurationError
@@ -230,7 +230,7 @@ class LocalState:
                 if not holders:
                     del by_tag[tag_key]
 
-    def drop(self, keys: list[str] | tuple[str, ...]) -> None:
+    def drop(self, keys: Sequence[str]) -> None:
         """Forgets ``keys`` (changed here or elsewhere), and the values tagged with any of
         them that are tag keys."""
         self.seq += 1

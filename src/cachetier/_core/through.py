@@ -22,9 +22,7 @@ from .._keys import KeyBuilder
 from .._log import LOGGER
 from .._types import MISSING, Clock, Outcome
 from ..backends._protocol import LockingBackend
-from ..serializers import Serializer
 from .entry import (
-    COUNTER,
     DELTA,
     DELTA_OFFSET,
     FORMAT,
@@ -38,20 +36,17 @@ from .entry import (
     MAGIC,
     UNSIGNED,
     EntrySigner,
-    Opened,
     entry_tags,
-    examine,
-    finish,
-    is_lease,
 )
 from .generation import Generation
 from .guard import Guard
 from .local import LocalState
 from .lock import compute_locked
+from .lookups import Lookups
 from .reads import Reader
 from .singleflight import Flights
 from .spec import FetchSpec
-from .stats import ReadEvent, Reporter, debug_enabled
+from .stats import ReadEvent, Reporter, StatsRecorder, debug_enabled
 from .tags import Tags
 from .writes import LEASE_TTL, Writer
 
@@ -75,6 +70,7 @@ class ReadThrough:
         "guard",
         "keys",
         "local",
+        "lookups",
         "reader",
         "reporter",
         "signer",
@@ -92,6 +88,7 @@ class ReadThrough:
         writer: Writer,
         flights: Flights,
         reporter: Reporter,
+        lookups: Lookups,
         *,
         keys: KeyBuilder,
         signer: EntrySigner | None,
@@ -106,116 +103,13 @@ class ReadThrough:
         self.flights = flights
         self.reporter = reporter
         self.stats = reporter.stats
+        self.lookups = lookups
         self.keys = keys
         self.signer = signer
         self.clock = clock
         self.bypassing = bypassing
         # Set with the backend (`Engine.use`): the local tier follows it.
         self.local: LocalState | None = None
-
-    # -- what a stored entry means ------------------------------------------------------------
-
-    def examine(self, full: str, data: bytes) -> Opened | tuple[Outcome, object]:
-        """Opens stored ``data`` (see `entry.examine`) against the current generation."""
-        return examine(full, data, self.signer, self.generation.current)
-
-    async def decode(
-        self, full: str, data: bytes, loads: Callable[[bytes], object], now: float
-    ) -> tuple[Outcome, object]:
-        """Returns what stored ``data`` means for a plain read: see `examine` and `finish`;
-        an entry invalidated through one of its tags is (MISS, `MISSING`)."""
-        opened = self.examine(full, data)
-        if not isinstance(opened, Opened):
-            return opened
-        if opened.tag_keys and not await self.tags.hold(opened.tag_keys, opened.stamps):
-            return Outcome.MISS, MISSING
-        return finish(opened, loads, now)
-
-    async def holds_value(self, full: str, data: bytes) -> bool:
-        """Returns whether ``data`` stored at ``full`` is a value: not a lease, not of another
-        generation, not invalidated through a tag."""
-        opened = self.examine(full, data)
-        if isinstance(opened, Opened):
-            return not opened.tag_keys or await self.tags.hold(opened.tag_keys, opened.stamps)
-        # A miss is a lease, an entry of another generation, or (signed cache) a plain integer,
-        # which is still a counter that exists. Anything else a read would refuse is there.
-        return opened[0] is not Outcome.MISS or (
-            not is_lease(data) and COUNTER.fullmatch(data) is not None
-        )
-
-    async def drop_undecodable(self, full: str, reason: object) -> None:
-        """Drops an entry that cannot be served, so the next read recomputes it."""
-        guard = self.guard
-        guard.log.warning("decode", "dropping unreadable cache entry %s: %s", full, reason)
-        await guard.run("UNLINK", "delete", guard.backend.delete, full, fallback=0)
-
-    async def peek(self, full: str, codec: Serializer) -> Any:
-        """Returns the fresh value at ``full``, or `MISSING`; counts nothing."""
-        if self.reader.journal.pending:
-            await self.reader.replay()
-        data = await self.guard.backend.get(full)
-        if data is None:
-            return MISSING
-        outcome, value = await self.decode(full, data, codec.loads, self.clock())
-        return value if outcome is Outcome.HIT else MISSING
-
-    # -- plain reads (`Cache.get`) --------------------------------------------------------------
-
-    async def read(self, full: str, codec: Serializer) -> tuple[Outcome, object]:
-        """Reads and decodes one entry for `Cache.get`; counts the outcome."""
-        count = self.reporter.count
-        if self.bypassing.get():
-            count(Outcome.BYPASSED, full)
-            return Outcome.BYPASSED, MISSING
-        local = self.local
-        seq = 0
-        if local is not None:
-            value = local.get(full, codec, None)
-            if value is not MISSING:
-                return Outcome.HIT, value
-            seq = local.seq
-        started = perf_counter_ns() if self.guard.timing else 0
-        try:
-            data = await self.reader.get(full)
-        except BackendError as exc:
-            self.guard.failed("get", exc)
-            count(Outcome.BACKEND_ERROR, full)
-            return Outcome.BACKEND_ERROR, MISSING
-        if started:
-            self.stats.latency.record(perf_counter_ns() - started)
-        if data is None:
-            count(Outcome.MISS, full)
-            return Outcome.MISS, MISSING
-        now = self.clock()
-        opened = self.examine(full, data)
-        if not isinstance(opened, Opened):
-            outcome, value = opened
-        elif opened.tag_keys and not await self.tags.hold(opened.tag_keys, opened.stamps):
-            outcome, value = Outcome.MISS, MISSING
-        else:
-            outcome, value = finish(opened, codec.loads, now)
-        if outcome is Outcome.HIT:
-            count(outcome, full)
-            if local is not None and isinstance(opened, Opened):
-                until = FRESH.unpack_from(opened.data, FRESH_OFFSET)[0]
-                local.keep(
-                    full,
-                    codec,
-                    value,
-                    min(until or math.inf, now + local.settings.ttl),
-                    seq,
-                    opened.tag_keys,
-                )
-            return outcome, value
-        if outcome is Outcome.DECODE_ERROR:
-            await self.drop_undecodable(full, value)
-            value = MISSING
-        elif outcome is Outcome.MISS:
-            count(outcome, full)
-            return outcome, value
-        # A stale entry is served only by policies that ask for it; a plain read misses.
-        count(Outcome.MISS if outcome is Outcome.STALE else outcome, full)
-        return outcome, value
 
     # -- read-through ---------------------------------------------------------------------------
 
@@ -256,10 +150,7 @@ class ReadThrough:
             read_failed = True
         else:
             if started:
-                waited = perf_counter_ns() - started
-                self.stats.latency.record(waited)
-                if function_stats is not None:
-                    function_stats.latency.record(waited)
+                self._waited(perf_counter_ns() - started, function_stats)
             if data is None or (len(data) == LEASE_SIZE and data[:2] == LEASE_PREFIX):
                 # Absent, or leased by a computation under way (which will store it).
                 self.reporter.count(Outcome.MISS, full, function_stats)
@@ -268,9 +159,7 @@ class ReadThrough:
         seen = data
         stale: bytes | None = None
         if data is not None and self.signer is not None:
-            data = await self._unsigned(full, data, function_stats)
-            if data is None:
-                seen = None
+            data, seen = await self._unsigned(full, data, function_stats)
         if data is not None:
             if len(data) >= HEADER_SIZE and data[0] == MAGIC and data[1] == FORMAT:
                 offset = HEADER_SIZE
@@ -293,15 +182,8 @@ class ReadThrough:
                             self.stats.hits += 1
                             if function_stats is not None:
                                 function_stats.hits += 1
-                            reporter = self.reporter
-                            if reporter.hooks:
-                                reporter.notify(
-                                    ReadEvent(
-                                        full, Outcome.HIT, function_stats and function_stats.name
-                                    )
-                                )
-                            if debug_enabled(logging.DEBUG):
-                                LOGGER.debug("cache hit: %s", full)
+                            if self.reporter.hooks or debug_enabled(logging.DEBUG):
+                                self._tell_hit(full, function_stats)
                             if local is not None:
                                 local.keep(
                                     full,
@@ -311,11 +193,10 @@ class ReadThrough:
                                     seq,
                                     tag_keys,
                                 )
-                            beta = spec.freshness.early_refresh_beta
-                            if beta and fresh_until:
-                                delta = DELTA.unpack_from(data, DELTA_OFFSET)[0]
-                                if _xfetch_due(now, fresh_until, delta, beta):
-                                    self.refresh_soon(full, func, args, kwargs, spec, seen)
+                            if spec.freshness.early_refresh_beta and fresh_until:
+                                self._refresh_early(
+                                    full, data, fresh_until, now, (func, args, kwargs), spec, seen
+                                )
                             return value
                     else:
                         served, value, stale, seen = await self._past_fresh(
@@ -348,16 +229,47 @@ class ReadThrough:
         result = func(*args, **kwargs)
         return (await result) if inspect.isawaitable(result) else result
 
-    async def _unsigned(self, full: str, data: bytes, function_stats: Any) -> bytes | None:
-        """Returns the unsigned entry in ``data``; ``None`` (dropped, counted) if it does not
-        verify."""
+    def _waited(self, nanoseconds: int, function_stats: StatsRecorder | None) -> None:
+        self.stats.latency.record(nanoseconds)
+        if function_stats is not None:
+            function_stats.latency.record(nanoseconds)
+
+    def _tell_hit(self, full: str, function_stats: StatsRecorder | None) -> None:
+        """Tells the read hooks of a hit, and the debug log; the hit is counted already."""
+        reporter = self.reporter
+        if reporter.hooks:
+            reporter.notify(ReadEvent(full, Outcome.HIT, function_stats and function_stats.name))
+        if debug_enabled(logging.DEBUG):
+            LOGGER.debug("cache hit: %s", full)
+
+    def _refresh_early(
+        self,
+        full: str,
+        data: bytes,
+        fresh_until: float,
+        now: float,
+        call: tuple[Callable[..., Any], tuple[Any, ...], Mapping[str, Any]],
+        spec: FetchSpec,
+        seen: bytes | None,
+    ) -> None:
+        """XFetch: refreshes a fresh hit in the background when its draw says it is time."""
+        delta = DELTA.unpack_from(data, DELTA_OFFSET)[0]
+        if _xfetch_due(now, fresh_until, delta, spec.freshness.early_refresh_beta):
+            self.refresh_soon(full, *call, spec, seen)
+
+    async def _unsigned(
+        self, full: str, data: bytes, function_stats: StatsRecorder | None
+    ) -> tuple[bytes | None, bytes | None]:
+        """Returns the unsigned entry in the stored ``data``, and ``data`` (what a computation's
+        write is guarded by); ``(None, None)`` (dropped, counted) if it does not verify."""
         opened = self.signer.open(full, data) if self.signer is not None else data
         if opened is None:
             await self._undecodable(full, UNSIGNED, function_stats)
-        return opened
+            return None, None
+        return opened, data
 
     async def _undecodable(self, full: str, reason: object, function_stats: Any) -> None:
-        await self.drop_undecodable(full, reason)
+        await self.lookups.drop_undecodable(full, reason)
         self.reporter.count(Outcome.DECODE_ERROR, full, function_stats)
 
     async def _verify(self, full: str, data: bytes, function_stats: Any) -> tuple[int, list[str]]:
@@ -516,7 +428,7 @@ class ReadThrough:
                 keys=self.keys,
                 guard=self.guard,
                 stats=self.stats,
-                peek=self.peek,
+                peek=self.lookups.peek,
                 fetch=functools.partial(
                     self.fetch_and_store, full, produce, spec, seen=seen, tags=tags
                 ),

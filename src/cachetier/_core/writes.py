@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from time import perf_counter_ns
 from typing import Final, cast, final
 
@@ -21,6 +21,7 @@ from .journal import Journal
 from .singleflight import Flights
 from .spec import FetchSpec
 from .stats import StatsRecorder, debug_enabled
+from .tags import Tags
 
 __all__ = ("LEASE_TTL", "Writer")
 
@@ -35,6 +36,7 @@ class Writer:
     """Writes the entries of one `Cache`: encoded, signed if signing, guarded against races."""
 
     __slots__ = (
+        "changed",
         "clock",
         "flights",
         "generation",
@@ -44,6 +46,7 @@ class Writer:
         "max_value_bytes",
         "signer",
         "stats",
+        "tags",
         "trusted",
     )
 
@@ -54,8 +57,10 @@ class Writer:
         flights: Flights,
         stats: StatsRecorder,
         journal: Journal,
+        tags: Tags,
         *,
         trusted: Callable[[], Awaitable[None]],
+        changed: Callable[[Sequence[str]], None],
         signer: EntrySigner | None,
         clock: Clock,
         jitter: float,
@@ -66,6 +71,9 @@ class Writer:
         self.flights = flights
         self.stats = stats
         self.journal = journal
+        self.tags = tags
+        # Forgets what this process read or computes of keys it wrote (`Invalidations.changed`).
+        self.changed = changed
         # Replays the journal, if it holds anything, before anything is written.
         self.trusted = trusted
         self.signer = signer
@@ -186,6 +194,102 @@ class Writer:
         if spec.stats is not None:
             spec.stats.sets += 1
         return True
+
+    async def set(
+        self,
+        full: str,
+        value: object,
+        seconds: float | None,
+        tags: tuple[str, ...],
+        codec: Serializer,
+    ) -> bool:
+        """`Cache.set`: stores ``value`` at ``full`` with the stamps of ``tags``."""
+        seconds = self.jittered(seconds)
+        payload = self.dumps(full, value, codec)
+        if payload is None:
+            return False
+        try:
+            generation = await self.known_generation("set")
+            if generation is None:
+                return False
+            stamps: list[tuple[str, bytes]] | None = []
+            if tags:
+                stamps = await self.tags.stamp(full, tags, seconds)
+            if stamps is None:
+                return False
+            data = self.entry(full, payload, seconds, generation=generation, tags=stamps)
+            return await self.write(full, data, seconds)
+        finally:
+            self.changed((full,))
+
+    async def add(self, full: str, value: object, seconds: float | None, codec: Serializer) -> bool:
+        """`Cache.add`: stores ``value`` at ``full`` only if it holds nothing."""
+        seconds = self.jittered(seconds)
+        payload = self.dumps(full, value, codec)
+        if payload is None:
+            return False
+        generation = await self.known_generation("add")
+        if generation is None:
+            return False
+        data = self.entry(full, payload, seconds, generation=generation)
+        guard = self.guard
+        try:
+            stored = await guard.run(
+                "SET NX", "add", guard.backend.add, full, data, seconds, fallback=False
+            )
+        finally:
+            self.changed((full,))
+        if stored:
+            self.stats.sets += 1
+        return stored
+
+    async def set_many(
+        self, items: Mapping[str, object], seconds: float | None, codec: Serializer
+    ) -> bool:
+        """`Cache.set_many`: stores every item of ``items`` (by stored key) in one round trip."""
+        # One jitter for the batch: the backend writes it with a single TTL in one round trip.
+        seconds = self.jittered(seconds)
+        payloads: dict[str, bytes] = {}
+        for full, value in items.items():
+            payload = self.dumps(full, value, codec)
+            if payload is not None:
+                payloads[full] = payload
+        if not payloads:
+            return not items
+        generation = await self.known_generation("set_many")
+        if generation is None:
+            return False
+        entries = {
+            full: self.entry(full, payload, seconds, generation=generation)
+            for full, payload in payloads.items()
+        }
+        guard = self.guard
+
+        async def write() -> bool:
+            await guard.backend.set_many(entries, seconds)
+            return True
+
+        try:
+            stored = await guard.run("SET (many)", "set_many", write, fallback=False)
+        finally:
+            self.changed(tuple(entries))
+        if not stored:
+            return False
+        self.stats.sets += len(entries)
+        return len(entries) == len(items)
+
+    async def incr(self, full: str, amount: int, seconds: float | None) -> int:
+        """`Cache.incr`: adds ``amount`` to the counter at ``full``; a failure always raises."""
+
+        async def increment() -> int:
+            await self.trusted()
+            return await self.guard.backend.incr(full, amount, seconds)
+
+        try:
+            # No fallback is returned: with always_raise, a failure raises.
+            return await self.guard.run("INCRBY", "incr", increment, fallback=0, always_raise=True)
+        finally:
+            self.changed((full,))
 
     async def known_generation(self, operation: str) -> int | None:
         """Returns the generation to write with, learning it first if due; ``None`` when the
