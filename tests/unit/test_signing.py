@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pydantic
 import pytest
 
 from cachetier import MISSING, Cache, CacheSettings, ConfigurationError
 from cachetier.backends import MemoryBackend
 from cachetier.serializers import PickleSerializer
+from cachetier.testing import FakeClock
 
 KEY = b"0123456789abcdef-signing-key"
 
@@ -142,3 +145,28 @@ async def test_signing_key_comes_from_settings(
         await cache.set("k", 1)
         assert await Cache(backend, signing_key="env-secret-0123456789").get("k") == 1
         assert await Cache(backend, signing_key="another-secret-0123456").get("k") is None
+
+
+async def test_a_signed_cache_stores_what_a_refresh_of_a_stale_entry_computes(
+    backend: MemoryBackend,
+) -> None:
+    """The write of a refresh is guarded by the entry as stored, signature and all: a guard
+    taken from the unsigned entry never matches, and the refreshed value would be lost."""
+    clock = FakeClock()
+    cache = Cache(backend, namespace="app", signing_key=KEY, clock=clock)
+    runs = 0
+
+    @cache.cached(ttl=10, stale_ttl=60)
+    async def price() -> int:
+        nonlocal runs
+        runs += 1
+        return runs
+
+    assert await price() == 1
+    clock.advance(11)
+    assert await price() == 1  # stale, served while a refresh runs
+    await asyncio.sleep(0.01)
+    assert runs == 2
+    assert await price() == 2, "the refreshed value was not stored"
+    assert runs == 2
+    assert cache.stats.stale_served == 1
