@@ -35,7 +35,7 @@ from ._ttl import MAX_TTL
 from ._types import BackendName
 
 # A plain parser importing no redis-py; backends themselves are imported where they are built.
-from .backends._hosts import MAX_RETRIES, misplaced_at_problem, split_hosts
+from .backends.redis.urls import MAX_RETRIES, misplaced_at_problem, split_hosts
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
