@@ -49,7 +49,6 @@ __all__ = (
     "CacheSettings",
     "build_backend",
     "describe_backend_choice",
-    "log_startup",
     "startup_log_line",
 )
 
@@ -375,11 +374,6 @@ def startup_log_line(settings: CacheSettings, backend: Backend) -> str:
     except ConfigurationError:
         return line
     return f"{line} ({choice.reason})" if choice.kind == backend.kind else line
-
-
-def log_startup(settings: CacheSettings, backend: Backend) -> None:
-    """Logs `startup_log_line` at INFO on the ``cachetier`` logger."""
-    _logger.info("%s", startup_log_line(settings, backend))
 
 
 def _redis_url_problem(url: str) -> str | None:
