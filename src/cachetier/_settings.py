@@ -273,6 +273,17 @@ class CacheSettings(BaseSettings):
             return None
         return redact_url(self.redis_url.get_secret_value())
 
+    def backend_choice(self) -> BackendChoice:
+        """Returns the backend `Cache.from_settings` builds from these settings, and why; no I/O.
+
+        The reason is worded for a log line, as in ``REDIS_URL is not set: process-local memory
+        cache``; see `describe_backend_choice` for the rule.
+
+        Raises:
+            ConfigurationError: ``CACHE_BACKEND=redis`` without ``REDIS_URL``.
+        """
+        return describe_backend_choice(self)
+
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # Shows the host and database, which a masked SecretStr would hide, but not the password.
         for name, value in super().__repr_args__():
