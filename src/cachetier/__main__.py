@@ -1,10 +1,10 @@
-"""``python -m cachetier``: the same command as ``cachetier`` (see `cachetier._cli`)."""
+"""``python -m cachetier``: the same command as ``cachetier`` (see `cachetier.cli`)."""
 
 from __future__ import annotations
 
 import sys
 
-from ._cli import main
+from .cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

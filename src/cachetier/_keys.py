@@ -20,6 +20,8 @@ Call keys. Arguments are bound to the signature with defaults applied, so keywor
 positional versus keyword passing do not matter, and each value is encoded with its type:
 ``1``, ``1.0``, ``"1"`` and ``True`` give different keys. Values whose only text is
 ``object.__repr__`` (a memory address) are refused, since they would make every key unique.
+`encode_argument` is the text of one value; `cachetier._calls` compiles the rule for a whole
+call, once per function, for both `Cache.cached` and `KeyBuilder.call_key`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import re
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from decimal import Decimal
-from typing import Any, Final, cast, final
+from typing import Any, Final, final
 
 from ._errors import ConfigurationError
 from ._glob import glob_escape
@@ -98,8 +100,77 @@ def _qualname(value: object) -> str:
     return type(value).__qualname__
 
 
+# What ``json.dumps(value, ensure_ascii=False)`` gives a str, without building an encoder a call.
+_JSON_TEXT: Final = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _encode_str(value: str) -> str:
+    text = _JSON_TEXT(value)
+    if text.isascii():
+        return text
+    # A lone surrogate is written as JSON's \\uXXXX escape (as ensure_ascii would), which
+    # UTF-8 can carry; other characters stay as they are, so existing keys do not change.
+    return _SURROGATE.sub(_surrogate_escape, text)
+
+
+def _encode_bytes(value: bytes | bytearray | memoryview) -> str:
+    return f"bytes:{bytes(value).hex()}"
+
+
 def _encode_sequence(open_: str, items: Collection[Any], close: str) -> str:
     return open_ + ",".join(encode_argument(item) for item in items) + close
+
+
+def _encode_tuple(value: tuple[Any, ...]) -> str:
+    return _encode_sequence("(", value, ")")
+
+
+def _encode_list(value: list[Any]) -> str:
+    return _encode_sequence("[", value, "]")
+
+
+def _encode_set(value: set[Any] | frozenset[Any]) -> str:
+    return "set{" + ",".join(sorted(encode_argument(item) for item in value)) + "}"
+
+
+def _encode_mapping(value: Mapping[Any, Any]) -> str:
+    items = sorted(f"{encode_argument(k)}:{encode_argument(v)}" for k, v in value.items())
+    return "{" + ",".join(items) + "}"
+
+
+def _encode_moment(value: dt.datetime | dt.date | dt.time) -> str:
+    return f"{_qualname(value)}({value.isoformat()})"
+
+
+def _encode_timedelta(value: dt.timedelta) -> str:
+    return f"timedelta({value.total_seconds()!r})"
+
+
+def _encode_decimal(value: Decimal) -> str:
+    return f"Decimal({value})"
+
+
+# Exact types whose text needs no other check: builtin and C types, which can be given no
+# ``__cache_key__``; every other type (subclasses among them) takes `_encode_other`.
+_ENCODERS: Final[Mapping[type, Callable[[Any], str]]] = {
+    bool: str,  # "True", "False"
+    int: str,
+    str: _encode_str,
+    float: repr,  # always has ".", "e", "inf" or "nan", so never equal to an int's text
+    bytes: _encode_bytes,
+    bytearray: _encode_bytes,
+    memoryview: _encode_bytes,
+    tuple: _encode_tuple,
+    list: _encode_list,
+    set: _encode_set,
+    frozenset: _encode_set,
+    dict: _encode_mapping,
+    dt.datetime: _encode_moment,
+    dt.date: _encode_moment,
+    dt.time: _encode_moment,
+    dt.timedelta: _encode_timedelta,
+    Decimal: _encode_decimal,
+}
 
 
 def encode_argument(value: object) -> str:
@@ -112,51 +183,47 @@ def encode_argument(value: object) -> str:
     Raises:
         TypeError: the value's only text is a memory address (``object.__repr__``).
     """
-    # Order matters: bool is an int, IntEnum is an int and an Enum, StrEnum is a str.
-    if value is None:
+    if value is None:  # the commonest default, before any lookup
         return "None"
-    if isinstance(value, bool):
-        return "True" if value else "False"
+    encoder = _ENCODERS.get(type(value))
+    return encoder(value) if encoder is not None else _encode_other(value)
+
+
+def _encode_other(value: object) -> str:
+    """`encode_argument` of any type but those `_ENCODERS` hold exactly."""
+    # Order matters: IntEnum is an int and an Enum, StrEnum is a str, and a class's own
+    # __cache_key__ wins over everything.
     custom = getattr(type(value), "__cache_key__", None)
     if custom is not None:
         return f"{_qualname(value)}<{custom(value)}>"
     if isinstance(value, enum.Enum):
         return f"{_qualname(value)}.{value.name}"
-    if type(value) is int:
-        return str(value)
-    if type(value) is str:
-        text = json.dumps(value, ensure_ascii=False)
-        if text.isascii():
-            return text
-        # A lone surrogate is written as JSON's \\uXXXX escape (as ensure_ascii would), which
-        # UTF-8 can carry; other characters stay as they are, so existing keys do not change.
-        return _SURROGATE.sub(_surrogate_escape, text)
-    if type(value) is float:
-        return repr(value)  # always has ".", "e", "inf" or "nan", so never equal to an int's text
     if isinstance(value, bytes | bytearray | memoryview):
-        return f"bytes:{bytes(value).hex()}"
+        return _encode_bytes(value)
     if isinstance(value, tuple | list):
         opener, closer = ("(", ")") if isinstance(value, tuple) else ("[", "]")
-        if type(value) not in (tuple, list):
-            opener = f"{_qualname(value)}{opener}"
-        return _encode_sequence(opener, value, closer)
+        return _encode_sequence(f"{_qualname(value)}{opener}", value, closer)
     if isinstance(value, set | frozenset):
-        return "set{" + ",".join(sorted(encode_argument(item) for item in value)) + "}"
+        return _encode_set(value)
     if isinstance(value, Mapping):
-        items = sorted(f"{encode_argument(k)}:{encode_argument(v)}" for k, v in value.items())
-        return "{" + ",".join(items) + "}"
+        return _encode_mapping(value)
     if isinstance(value, dt.datetime | dt.date | dt.time):
-        return f"{_qualname(value)}({value.isoformat()})"
+        return _encode_moment(value)
     if isinstance(value, dt.timedelta):
-        return f"timedelta({value.total_seconds()!r})"
+        return _encode_timedelta(value)
     if isinstance(value, uuid.UUID):
         return f"UUID({value.hex})"
     if isinstance(value, Decimal):
-        return f"Decimal({value})"
+        return _encode_decimal(value)
     if isinstance(value, int | str | float):
         # Subclasses of the builtins: tag with the subclass so they differ from the builtin.
         base = int if isinstance(value, int) else str if isinstance(value, str) else float
         return f"{_qualname(value)}<{encode_argument(base(value))}>"
+    return _encode_object(value)
+
+
+def _encode_object(value: object) -> str:
+    """Returns the text of a pydantic model, a dataclass, a class or an object with a repr."""
     model_dump_json = getattr(value, "model_dump_json", None)
     if callable(model_dump_json):
         return f"{_qualname(value)}{model_dump_json()}"
@@ -332,41 +399,23 @@ class KeyBuilder:
         exclude: Collection[str] = (),
         prefix: str | None = None,
     ) -> str:
-        """Returns the stored key of ``func(*args, **kwargs)``.
+        """Returns the stored key of ``func(*args, **kwargs)``, as `Cache.cached` keys it.
 
         The relative key is ``prefix`` (default ``module.qualname:``) followed by
-        ``name=value`` parts for every bound argument not in ``exclude``.
+        ``name=value`` parts for every bound argument not in ``exclude``; a function with no
+        such argument gets ``module.qualname`` (or ``prefix``) alone. The rule is compiled
+        once per function, by the same code as the decorator's.
 
         Raises:
-            TypeError: the arguments do not fit the signature, or one has no stable text.
+            TypeError: the arguments do not fit the signature, one has no stable text,
+                ``exclude`` names no parameter, or a method's ``self`` has no
+                ``__cache_key__``.
         """
-        relative = (function_name(func) + ":" if prefix is None else prefix) + self.encode_call(
-            inspect.signature(func), args, kwargs, exclude=exclude
-        )
-        return self.full(relative)
+        # Imported here: `cachetier._calls` builds on this module.
+        from ._calls import plan_for
 
-    @staticmethod
-    def encode_call(
-        signature: inspect.Signature,
-        args: tuple[object, ...],
-        kwargs: Mapping[str, object],
-        *,
-        exclude: Collection[str] = (),
-    ) -> str:
-        """Returns the escaped ``name=value:name=value`` text of a call bound to ``signature``."""
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        parts: list[str] = []
-        for name, value in bound.arguments.items():
-            if name in exclude:
-                continue
-            if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
-                # One part for all of **kwargs, as a mapping (whose text is sorted), exactly as
-                # decorated functions key it; excluded names are left out of it too.
-                extra = cast("dict[str, object]", value)
-                value = {key: item for key, item in extra.items() if key not in exclude}
-            parts.append(escape_part(f"{name}={encode_argument(value)}"))
-        return ":".join(parts)
+        plan = plan_for(func, self, exclude=exclude, head=prefix)
+        return self.full(plan.relative(args, kwargs))
 
     def _shorten(self, key: str) -> str:
         if len(key) <= self._max_length:

@@ -35,7 +35,7 @@ from ._ttl import MAX_TTL
 from ._types import BackendName
 
 # A plain parser importing no redis-py; backends themselves are imported where they are built.
-from .backends._hosts import MAX_RETRIES, misplaced_at_problem, split_hosts
+from .backends.redis.urls import MAX_RETRIES, misplaced_at_problem, split_hosts
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -49,7 +49,6 @@ __all__ = (
     "CacheSettings",
     "build_backend",
     "describe_backend_choice",
-    "log_startup",
     "startup_log_line",
 )
 
@@ -274,6 +273,17 @@ class CacheSettings(BaseSettings):
             return None
         return redact_url(self.redis_url.get_secret_value())
 
+    def backend_choice(self) -> BackendChoice:
+        """Returns the backend `Cache.from_settings` builds from these settings, and why; no I/O.
+
+        The reason is worded for a log line, as in ``REDIS_URL is not set: process-local memory
+        cache``; see `describe_backend_choice` for the rule.
+
+        Raises:
+            ConfigurationError: ``CACHE_BACKEND=redis`` without ``REDIS_URL``.
+        """
+        return describe_backend_choice(self)
+
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # Shows the host and database, which a masked SecretStr would hide, but not the password.
         for name, value in super().__repr_args__():
@@ -375,11 +385,6 @@ def startup_log_line(settings: CacheSettings, backend: Backend) -> str:
     except ConfigurationError:
         return line
     return f"{line} ({choice.reason})" if choice.kind == backend.kind else line
-
-
-def log_startup(settings: CacheSettings, backend: Backend) -> None:
-    """Logs `startup_log_line` at INFO on the ``cachetier`` logger."""
-    _logger.info("%s", startup_log_line(settings, backend))
 
 
 def _redis_url_problem(url: str) -> str | None:

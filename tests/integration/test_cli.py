@@ -78,6 +78,29 @@ async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> Result:
     return Result(process.returncode, stdout.decode(), stderr.decode())
 
 
+# -- the public API alone ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", ["cachetier.cli", "cachetier._demo", "cachetier._demo_db"])
+def test_the_command_imports_only_public_names_of_the_core(module: str) -> None:
+    """The command is a client of the library: it imports names `cachetier` exports, and its demo."""
+    import ast
+    import importlib
+
+    import cachetier
+
+    source = Path(str(importlib.import_module(module).__file__)).read_text(encoding="utf-8")
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            assert not [a.name for a in node.names if a.name.startswith("cachetier.")], module
+        elif isinstance(node, ast.ImportFrom) and node.module == "cachetier" and not node.level:
+            assert {a.name for a in node.names} <= set(cachetier.__all__), module
+        elif isinstance(node, ast.ImportFrom) and (node.level or "cachetier" in str(node.module)):
+            # Relative: only the command's own demo modules.
+            within = {node.module} if node.module else {a.name for a in node.names}
+            assert within <= {"_demo", "_demo_db"}, (module, ast.unparse(node))
+
+
 # -- help and usage ---------------------------------------------------------------------------
 
 

@@ -17,8 +17,7 @@ from .memory import MemoryBackend
 from .null import NullBackend
 
 if TYPE_CHECKING:
-    from ._cluster import RedisClusterBackend
-    from .redis import RedisBackend
+    from .redis import RedisBackend, RedisClusterBackend
 
 __all__ = (
     "Backend",
@@ -38,7 +37,7 @@ def __getattr__(name: str) -> object:
 
         return RedisBackend
     if name == "RedisClusterBackend":
-        from ._cluster import RedisClusterBackend
+        from .redis import RedisClusterBackend
 
         return RedisClusterBackend
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

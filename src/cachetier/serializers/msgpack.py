@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from .._errors import SerializationError
 from .json import _default
 
@@ -13,10 +11,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError('MsgpackSerializer needs msgpack: pip install "cachetier[msgpack]"') from exc
 
 __all__ = ("MsgpackSerializer",)
-
-
-def _msgpack_default(value: object) -> Any:
-    return _default(value)
 
 
 class MsgpackSerializer:
@@ -30,7 +24,7 @@ class MsgpackSerializer:
     def dumps(self, value: object) -> bytes:
         """Returns ``value`` as MessagePack bytes."""
         try:
-            data: bytes = _msgpack.packb(value, default=_msgpack_default, use_bin_type=True)
+            data: bytes = _msgpack.packb(value, default=_default, use_bin_type=True)
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             raise SerializationError(
                 f"cannot serialize a value of type {type(value).__qualname__} as MessagePack: {exc}"

@@ -2,8 +2,9 @@
 
 Each of these touches a single key (tag stamps: keys the backend groups by `_key_groups`),
 so it reads the same over one server and over a cluster;
-the two backends differ in what they catch (`failures`), in how they describe a failure
-(``_failure``) and in whether scripts must be loaded before their first use (``_scripts_ready``).
+the two backends differ in what they catch and how they describe a failure (their
+`RedisErrors`, ``_errors``) and in whether scripts must be loaded before their first use
+(``_scripts_ready``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, final
 
-from .._errors import BackendError, CounterError
-
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
+
+    from .errors import RedisErrors
 
 __all__ = ("SingleKeyCommands", "Subscription", "px")
 
@@ -37,27 +38,12 @@ class SingleKeyCommands:
     failures: ClassVar[tuple[type[BaseException], ...]]
 
     _client: Any
+    _errors: RedisErrors
     _get: Callable[[str], Awaitable[bytes | None]]
     _release: Callable[..., Awaitable[Any]]
     _set_if: Callable[..., Awaitable[Any]]
     _tag_stamps: Callable[..., Awaitable[Any]]
     _tag_bump: Callable[..., Awaitable[Any]]
-
-    def _failure(self, command: str, exc: BaseException) -> BackendError:
-        raise NotImplementedError
-
-    def _incr_failure(self, key: str, amount: int, exc: BaseException) -> BackendError:
-        """Returns the error of an INCRBY the server refused: a `CounterError` for a value that
-        is no 64-bit integer or would overflow, else the backend's own failure."""
-        message = str(exc)
-        if "not an integer" in message:
-            return CounterError(f"INCRBY failed: the value at key {key!r} is not a 64-bit integer")
-        if "overflow" in message:
-            return CounterError(
-                f"INCRBY failed: adding {amount} to the value at key {key!r} would overflow "
-                "a 64-bit integer"
-            )
-        return self._failure("INCRBY", exc)
 
     async def _scripts_ready(self) -> None:
         """Makes sure the scripts are loaded where they run; redis-py reloads them on NOSCRIPT."""
@@ -77,7 +63,7 @@ class SingleKeyCommands:
         """Runs ``script`` over ``keys``, once per group of `_key_groups`, the groups
         concurrently; returns each group's positions with its answer."""
         groups = self._key_groups(keys)
-        try:
+        with self._errors.on(command):
             await self._scripts_ready()
             if groups is None:
                 return [(list(range(len(keys))), await script(keys=list(keys), args=args))]
@@ -85,21 +71,17 @@ class SingleKeyCommands:
                 *(script(keys=[keys[i] for i in group], args=args) for group in groups),
                 return_exceptions=True,
             )
-        except self.failures as exc:
-            raise self._failure(command, exc) from exc
-        for answer in answers:
-            if isinstance(answer, BaseException):
-                if isinstance(answer, self.failures):
-                    raise self._failure(command, answer) from answer
-                raise answer
+        self._errors.raise_first(command, answers)
         return list(zip(groups, answers, strict=True))
 
     async def get(self, key: str) -> bytes | None:
         """Returns the value of ``key`` (GET), or ``None`` when it is absent."""
+        # The hit path: a try costs nothing until GET fails, where ``with self._errors.on``
+        # would cost an object and two calls on every hit.
         try:
             return await self._get(key)
         except self.failures as exc:
-            raise self._failure("GET", exc) from exc
+            raise self._errors.failure("GET", exc) from exc
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         """Stores ``value`` with SET, and ``PX`` when ``ttl`` is given (rounded up to 1 ms)."""
@@ -108,26 +90,22 @@ class SingleKeyCommands:
                 await self._client.set(key, value)
             else:
                 await self._client.set(key, value, px=px(ttl))
-        except self.failures as exc:
-            raise self._failure("SET", exc) from exc
+        except self.failures as exc:  # inline, as in get: a hot path
+            raise self._errors.failure("SET", exc) from exc
 
     async def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
         """Stores ``value`` only if ``key`` is absent (SET NX); returns whether it was stored."""
-        try:
+        with self._errors.on("SET NX"):
             if ttl is None:
                 stored = await self._client.set(key, value, nx=True)
             else:
                 stored = await self._client.set(key, value, nx=True, px=px(ttl))
-        except self.failures as exc:
-            raise self._failure("SET NX", exc) from exc
         return bool(stored)
 
     async def ttl(self, key: str) -> float | None:
         """Returns the seconds ``key`` has left (PTTL), ``math.inf`` if none, ``None`` if absent."""
-        try:
+        with self._errors.on("PTTL"):
             milliseconds = int(await self._client.pttl(key))
-        except self.failures as exc:
-            raise self._failure("PTTL", exc) from exc
         if milliseconds == -2:  # Redis: no such key
             return None
         if milliseconds == -1:
@@ -137,35 +115,27 @@ class SingleKeyCommands:
     async def expire(self, key: str, ttl: float) -> bool:
         """Sets the expiry of an existing ``key`` (PEXPIRE); returns ``False`` if it is absent."""
         milliseconds = px(ttl)
-        try:
+        with self._errors.on("PEXPIRE"):
             return bool(await self._client.pexpire(key, milliseconds))
-        except self.failures as exc:
-            raise self._failure("PEXPIRE", exc) from exc
 
     async def acquire_lock(self, name: str, token: str, ttl: float) -> bool:
         """Takes the lock ``name`` with ``SET NX PX``; returns whether this call took it."""
-        try:
+        with self._errors.on("SET NX (lock)"):
             return bool(await self._client.set(name, token, nx=True, px=px(ttl)))
-        except self.failures as exc:
-            raise self._failure("SET NX (lock)", exc) from exc
 
     async def release_lock(self, name: str, token: str) -> bool:
         """Deletes the lock ``name`` only if ``token`` still holds it (a Lua compare-and-delete)."""
-        try:
+        with self._errors.on("EVALSHA (lock release)"):
             await self._scripts_ready()
             return bool(await self._release(keys=[name], args=[token]))
-        except self.failures as exc:
-            raise self._failure("EVALSHA (lock release)", exc) from exc
 
     async def set_if(self, key: str, expected: bytes, value: bytes, ttl: float | None) -> bool:
         """Stores ``value`` only if the value at ``key`` starts with ``expected`` (a Lua script)."""
-        try:
+        with self._errors.on("EVALSHA (set_if)"):
             await self._scripts_ready()
             stored = await self._set_if(
                 keys=[key], args=[expected, value, "0" if ttl is None else px(ttl)]
             )
-        except self.failures as exc:
-            raise self._failure("EVALSHA (set_if)", exc) from exc
         return bool(stored)
 
     async def tag_stamps(self, keys: Sequence[str], fresh: bytes, ttl: float | None) -> list[bytes]:
@@ -201,34 +171,30 @@ class SingleKeyCommands:
 
     async def delete_if(self, key: str, expected: bytes) -> bool:
         """Removes ``key`` only if its value is exactly ``expected`` (a Lua compare-and-delete)."""
-        try:
+        with self._errors.on("EVALSHA (delete_if)"):
             await self._scripts_ready()
             return bool(await self._release(keys=[key], args=[expected]))
-        except self.failures as exc:
-            raise self._failure("EVALSHA (delete_if)", exc) from exc
 
 
 @final
 class Subscription:
     """The `Notifications` of one ``subscribe`` block of either Redis backend."""
 
-    __slots__ = ("_backend", "_pubsub")
+    __slots__ = ("_errors", "_pubsub")
 
-    def __init__(self, pubsub: PubSub, backend: SingleKeyCommands) -> None:
+    def __init__(self, pubsub: PubSub, errors: RedisErrors) -> None:
         self._pubsub = pubsub
-        self._backend = backend
+        self._errors = errors
 
     async def wait(self, timeout: float) -> bool:
         """Waits up to ``timeout`` seconds for a published message; returns whether one came."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while (remaining := deadline - loop.time()) > 0:
-            try:
+            with self._errors.on("SUBSCRIBE (wait)"):
                 message = await self._pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=remaining
                 )
-            except self._backend.failures as exc:
-                raise self._backend._failure("SUBSCRIBE (wait)", exc) from exc
             if message is not None and message.get("type") == "message":
                 return True
         return False

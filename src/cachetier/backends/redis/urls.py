@@ -11,7 +11,8 @@ credentials and query) that redis-py's own ``parse_url`` turns into connection o
 percent-decoding, TLS and query options behave exactly as they do for ``redis://``.
 
 It also holds the URL and connection checks that `RedisBackend.from_url` and `CacheSettings`
-share, as this module imports no redis-py.
+share, as this module imports no redis-py (and neither does this package's ``__init__``, so
+`CacheSettings`, imported with cachetier itself, can import it without loading redis-py).
 """
 
 from __future__ import annotations

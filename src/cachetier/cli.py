@@ -7,6 +7,9 @@ unhealthy backend, 3 a backend failure.
 
 Only `invalidate` and `bump-version` change anything; `get` reads an entry without the side
 effects of `Cache.get` (which removes an entry it cannot decode).
+
+It uses only the public API (`cachetier.Cache`, `cachetier.CacheSettings` and the errors), as
+any application's own tooling could; `demo` is its own sub-command, in `cachetier._demo`.
 """
 
 from __future__ import annotations
@@ -20,11 +23,9 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, Final
 
+from cachetier import BackendError, Cache, CacheSettings, ConfigurationError, __version__
+
 from . import _demo
-from ._cache import Cache
-from ._errors import BackendError, ConfigurationError
-from ._settings import CacheSettings, describe_backend_choice
-from ._version import __version__
 
 __all__ = ("main",)
 
@@ -39,8 +40,6 @@ _HEALTH_EXIT: Final = {"healthy": 0, "disabled": 0, "degraded": 1, "unhealthy": 
 _PROGRESS_EVERY: Final = 0.1
 """Seconds between redraws of a progress line."""
 _SCAN_BATCH: Final = 500
-
-# The entry format this version reads (byte 1 of an entry; see `cachetier._entry`).
 
 _DESCRIPTION: Final = f"""\
 Look at and invalidate the cache of a running application (cachetier {__version__}).
@@ -144,7 +143,7 @@ def _open_cache(args: argparse.Namespace) -> Cache:
     if args.key_version is not None:
         overrides["version"] = args.key_version
     settings = CacheSettings.load(**overrides)
-    choice = describe_backend_choice(settings)
+    choice = settings.backend_choice()
     args.backend_reason = choice.reason
     if args.needs_shared_backend and choice.kind != "redis":
         # A memory backend built here would be this process's own, always empty, and the

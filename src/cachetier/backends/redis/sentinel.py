@@ -16,7 +16,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
-from ._hosts import split_hosts
+from .urls import split_hosts
 
 __all__ = ("SENTINEL_PORT", "sentinel_client")
 

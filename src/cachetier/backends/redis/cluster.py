@@ -30,20 +30,18 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, ResponseError
 
-from .._errors import BackendError, ConfigurationError
-from .._redact import redact_url
-from ._cluster_errors import CLUSTER_FAILURES as _CLUSTER_FAILURES
-from ._cluster_errors import cluster_failure
-from ._hosts import split_hosts
-from ._protocol import Notifications
-from ._redis_common import SingleKeyCommands, Subscription
-from ._redis_common import px as _px
-from ._scripts import RELEASE_LOCK, SET_IF, TAG_BUMP, TAG_STAMPS
-from ._tracking import TrackingChannel, follow
-from ._tracking import decode_keys as _decode_keys
-from .redis import _milliseconds
+from ..._errors import BackendError, ConfigurationError
+from ..._redact import redact_url
+from .._protocol import Notifications
+from .commands import SingleKeyCommands, Subscription
+from .commands import px as _px
+from .errors import CLUSTER_FAILURES as _CLUSTER_FAILURES
+from .errors import CLUSTER_URL_ERRORS, RedisErrors
+from .scripts import INCR_WITH_TTL, RELEASE_LOCK, SET_IF, TAG_BUMP, TAG_STAMPS
+from .tracking import TrackingChannel, follow
+from .tracking import decode_keys as _decode_keys
+from .urls import split_hosts
 
 __all__ = ("RedisClusterBackend",)
 
@@ -73,19 +71,6 @@ _NODE_CLIENT_OPTIONS: Final = frozenset(
     }
 )
 
-# INCRBY on a key that, when absent, is created with an expiry first: the counter's TTL is set
-# atomically with its first increment, and an existing key keeps its expiry. One key, so it
-# runs in a cluster (where RedisBackend's MULTI/EXEC would need redis-py's cluster
-# transactions). An INCRBY error aborts the script after a SET NX that changed nothing, since
-# the key existed. The result is read back with GET, as text: Lua holds INCRBY's integer reply
-# as a double, which rounds counters past 2**53. KEYS[1]: the counter; ARGV[1]: the amount;
-# ARGV[2]: PX milliseconds.
-_INCR_WITH_TTL: Final = """
-redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[2])
-redis.call('INCRBY', KEYS[1], ARGV[1])
-return redis.call('GET', KEYS[1])
-"""
-
 
 @final
 class RedisClusterBackend(SingleKeyCommands):
@@ -107,8 +92,7 @@ class RedisClusterBackend(SingleKeyCommands):
 
     __slots__ = (
         "_client",
-        "_command_ms",
-        "_connect_ms",
+        "_errors",
         "_get",
         "_incr_with_ttl",
         "_label",
@@ -136,13 +120,17 @@ class RedisClusterBackend(SingleKeyCommands):
         self._client = client
         self._owns_client = owns_client
         self._label = f"client={type(client).__name__}"
-        self._command_ms = _milliseconds(connection_kwargs.get("socket_timeout"))
-        self._connect_ms = _milliseconds(connection_kwargs.get("socket_connect_timeout"))
+        self._errors = RedisErrors(
+            connection_kwargs,
+            cluster=True,
+            # The per-node pool size.
+            pool_size=lambda: client.get_connection_kwargs().get("max_connections"),
+        )
         # Checked above not to decode, so GET returns bytes or None.
         self._get = cast("Callable[[str], Awaitable[bytes | None]]", client.get)
         self._release = client.register_script(RELEASE_LOCK)
         self._set_if = client.register_script(SET_IF)
-        self._incr_with_ttl = client.register_script(_INCR_WITH_TTL)
+        self._incr_with_ttl = client.register_script(INCR_WITH_TTL)
         self._tag_stamps = client.register_script(TAG_STAMPS)
         self._tag_bump = client.register_script(TAG_BUMP)
         # A plain client of one primary, for PUBLISH and SUBSCRIBE; made on first use.
@@ -187,7 +175,7 @@ class RedisClusterBackend(SingleKeyCommands):
                 client_name=client_name,
                 **tls,
             )
-        except (RedisClusterException, TypeError) as exc:
+        except CLUSTER_URL_ERRORS as exc:
             # An option redis-py refuses (``?db=2``, an unknown name); its text names the option.
             raise ValueError(str(exc)) from None
         if hasattr(client, "cluster_error_retry_attempts"):
@@ -210,10 +198,8 @@ class RedisClusterBackend(SingleKeyCommands):
         """Returns the values of ``keys`` in order; one MGET per hash slot, one round trip per node."""
         if not keys:
             return []
-        try:
+        with self._errors.on("MGET"):
             values = await self._client.mget_nonatomic(list(keys))
-        except _CLUSTER_FAILURES as exc:
-            raise self._failure("MGET", exc) from exc
         return cast("list[bytes | None]", values)
 
     async def set_many(self, items: Mapping[str, bytes], ttl: float | None = None) -> None:
@@ -227,26 +213,20 @@ class RedisClusterBackend(SingleKeyCommands):
         pipeline = self._client.pipeline()
         for key, value in items.items():
             pipeline.set(key, value, px=px)
-        try:
+        with self._errors.on("SET pipeline"):
             await pipeline.execute()
-        except _CLUSTER_FAILURES as exc:
-            raise self._failure("SET pipeline", exc) from exc
 
     async def delete(self, *keys: str) -> int:
         """Removes ``keys`` with one UNLINK per hash slot; returns how many existed."""
         if not keys:
             return 0
-        try:
+        with self._errors.on("UNLINK"):
             return int(await self._client.unlink(*keys))
-        except _CLUSTER_FAILURES as exc:
-            raise self._failure("UNLINK", exc) from exc
 
     async def exists(self, key: str) -> bool:
         """Returns whether ``key`` exists (EXISTS)."""
-        try:
+        with self._errors.on("EXISTS"):
             return bool(await self._client.execute_command("EXISTS", key))
-        except _CLUSTER_FAILURES as exc:
-            raise self._failure("EXISTS", exc) from exc
 
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
         """Adds ``amount`` to the integer at ``key`` (INCRBY) and returns the result.
@@ -260,16 +240,12 @@ class RedisClusterBackend(SingleKeyCommands):
                 overflow.
             BackendError: the cluster failed.
         """
-        try:
+        with self._errors.on_incr(key, amount):
             if ttl is None:
                 value = await self._client.incrby(key, amount)
             else:
                 await self._scripts_ready()
                 value = await self._incr_with_ttl(keys=[key], args=[amount, _px(ttl)])
-        except ResponseError as exc:
-            raise self._incr_failure(key, amount, exc) from exc
-        except _CLUSTER_FAILURES as exc:
-            raise self._failure("INCRBY", exc) from exc
         return int(value)
 
     async def scan(self, pattern: str, *, count: int = 500) -> AsyncIterator[list[str]]:
@@ -279,22 +255,18 @@ class RedisClusterBackend(SingleKeyCommands):
         migrate between primaries while the scan runs (resharding) may make it miss keys.
         Empty batches are not yielded, and keys that are not UTF-8 are skipped.
         """
-        try:
+        with self._errors.on("SCAN"):
             await self._client.initialize()
-        except _CLUSTER_FAILURES as exc:
-            raise self._failure("SCAN", exc) from exc
         for node in self._client.get_primaries():
             cursor = 0
             while True:
-                try:
+                with self._errors.on("SCAN"):
                     answer = await self._client.scan(
                         cursor, match=pattern, count=count, target_nodes=node
                     )
                     # For one target node the cluster client answers ({node name: cursor}, keys),
                     # not the (cursor, keys) its annotation gives.
                     cursors, raw_keys = cast("tuple[dict[str, int], list[bytes]]", answer)
-                except _CLUSTER_FAILURES as exc:
-                    raise self._failure("SCAN", exc) from exc
                 cursor = int(cursors[node.name])
                 if raw_keys:
                     keys = _decode_keys(raw_keys)
@@ -305,10 +277,8 @@ class RedisClusterBackend(SingleKeyCommands):
 
     async def ping(self) -> None:
         """Sends PING to every primary; raises `BackendError` if any does not answer."""
-        try:
+        with self._errors.on("PING"):
             await self._client.ping(target_nodes=RedisCluster.PRIMARIES)
-        except _CLUSTER_FAILURES as exc:
-            raise self._failure("PING", exc) from exc
 
     async def server_info(self) -> dict[str, float | int | str]:
         """Returns facts from INFO on every primary, combined.
@@ -318,21 +288,17 @@ class RedisClusterBackend(SingleKeyCommands):
         the smallest (how long every primary has been up), ``redis_version`` the oldest, and
         ``primaries`` counts them.
         """
-        try:
+        with self._errors.on("INFO"):
             await self._client.initialize()
             primaries = self._client.get_primaries()
             answers = await asyncio.gather(
                 *(self._client.info(target_nodes=node) for node in primaries),
                 return_exceptions=True,
             )
-        except _CLUSTER_FAILURES as exc:
-            raise self._failure("INFO", exc) from exc
         infos: list[dict[str, Any]] = []
         for answer in answers:
             if isinstance(answer, BaseException):
-                if isinstance(answer, _CLUSTER_FAILURES):
-                    raise self._failure("INFO", answer) from answer
-                raise answer
+                self._errors.throw("INFO", answer)
             infos.append(answer)
         facts: dict[str, float | int | str] = {"primaries": len(infos)}
         for field, name in _INFO_SUMS:
@@ -356,13 +322,11 @@ class RedisClusterBackend(SingleKeyCommands):
         Both reopen on next use.
         """
         node_client, self._node_client = self._node_client, None
-        try:
+        with self._errors.on("close"):
             if node_client is not None:
                 await node_client.aclose()
             if self._owns_client:
                 await self._client.aclose()
-        except _CLUSTER_FAILURES as exc:
-            raise self._failure("close", exc) from exc
 
     # -- locks and wake-ups (LockingBackend) ---------------------------------------------------
 
@@ -370,11 +334,12 @@ class RedisClusterBackend(SingleKeyCommands):
         """Sends an empty message on ``channel`` (PUBLISH) to one primary, which the cluster
         forwards to every node."""
         try:
-            await (await self._get_node_client()).publish(channel, b"")
-        except _CLUSTER_FAILURES as exc:
+            with self._errors.on("PUBLISH"):
+                await (await self._get_node_client()).publish(channel, b"")
+        except BackendError:
             # The node may have failed: the next wake-up picks a primary afresh.
             await self._drop_node_client()
-            raise self._failure("PUBLISH", exc) from exc
+            raise
 
     @contextlib.asynccontextmanager
     async def subscribe(self, channel: str) -> AsyncIterator[Notifications]:
@@ -387,13 +352,14 @@ class RedisClusterBackend(SingleKeyCommands):
         pubsub: PubSub | None = None
         try:
             try:
-                pubsub = (await self._get_node_client()).pubsub(ignore_subscribe_messages=True)
-                await pubsub.subscribe(channel)
-            except _CLUSTER_FAILURES as exc:
+                with self._errors.on("SUBSCRIBE"):
+                    pubsub = (await self._get_node_client()).pubsub(ignore_subscribe_messages=True)
+                    await pubsub.subscribe(channel)
+            except BackendError:
                 # The node may have failed: the next subscription picks a primary afresh.
                 await self._drop_node_client()
-                raise self._failure("SUBSCRIBE", exc) from exc
-            yield Subscription(pubsub, self)
+                raise
+            yield Subscription(pubsub, self._errors)
         finally:
             if pubsub is not None:
                 with contextlib.suppress(*_CLUSTER_FAILURES):
@@ -450,7 +416,7 @@ class RedisClusterBackend(SingleKeyCommands):
             SET_IF,
             TAG_STAMPS,
             TAG_BUMP,
-            _INCR_WITH_TTL,
+            INCR_WITH_TTL,
         ):
             await self._client.script_load(script)
         self._scripts_loaded = True
@@ -491,22 +457,19 @@ class RedisClusterBackend(SingleKeyCommands):
         changes of keys in slots moved to it go unreported, and a local tier may serve their
         old values for up to its ``ttl``.
         """
-        try:
+        with self._errors.on("CLIENT TRACKING"):
             await self._client.initialize()
             channels = [
                 TrackingChannel(self._tracking_connection(node), _CLUSTER_FAILURES)
                 for node in self._client.get_primaries()
             ]
-        except _CLUSTER_FAILURES as exc:
-            raise self._failure("CLIENT TRACKING", exc) from exc
         connect = self._client.get_connection_kwargs().get("socket_connect_timeout")
         async for keys in follow(
             channels,
             prefix,
             heartbeat,
             connect_timeout=connect if isinstance(connect, (int, float)) else None,
-            failure=self._failure,
-            failures=_CLUSTER_FAILURES,
+            errors=self._errors,
         ):
             yield keys
 
@@ -518,18 +481,6 @@ class RedisClusterBackend(SingleKeyCommands):
         # watch over it instead.
         options.update(protocol=2, health_check_interval=0, socket_timeout=None)
         return connection_class(**options)
-
-    # -- errors --------------------------------------------------------------------------------
-
-    def _failure(self, command: str, exc: BaseException) -> BackendError:
-        """Returns the `BackendError` for ``command`` failing with ``exc``; never holds secrets."""
-        return cluster_failure(
-            command,
-            exc,
-            connect_ms=self._connect_ms,
-            command_ms=self._command_ms,
-            max_connections=self._client.get_connection_kwargs().get("max_connections"),
-        )
 
 
 def _version_order(version: str) -> tuple[int, ...]:

@@ -15,10 +15,12 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, final
 
-from .._errors import BackendError
+from ..._errors import BackendError
 
 if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection
+
+    from .errors import RedisErrors
 
 __all__ = ("TrackingChannel", "decode_keys", "follow", "tracking_options")
 
@@ -65,21 +67,20 @@ async def follow(
     heartbeat: float,
     *,
     connect_timeout: float | None,
-    failure: Callable[[str, BaseException], BackendError],
-    failures: tuple[type[BaseException], ...],
+    errors: RedisErrors,
 ) -> AsyncIterator[list[str] | None]:
     """Opens ``channels``, yields ``[]`` once all are subscribed, then every reported batch.
 
     ``None`` is yielded when a server was flushed or dropped its tracking state. When any
-    channel fails or goes silent, all are closed and `BackendError` is raised (``failure``
-    describes what ``failures`` caught).
+    channel fails or goes silent, all are closed and `BackendError` is raised (``errors``
+    describes the failure).
     """
     # Batches from every server, in the order they were read, and the followers that ended
     # (which they only do by failing).
     reports: asyncio.Queue[list[str] | asyncio.Task[None] | None] = asyncio.Queue()
     followers: list[asyncio.Task[None]] = []
     try:
-        await _open(channels, prefix, heartbeat, connect_timeout, failure, failures)
+        await _open(channels, prefix, heartbeat, connect_timeout, errors)
         yield []
         for channel in channels:
             follower = asyncio.ensure_future(channel.follow(heartbeat, reports.put_nowait))
@@ -91,10 +92,8 @@ async def follow(
                 yield report
                 continue
             ended = None if report.cancelled() else report.exception()
-            if isinstance(ended, failures):
-                raise failure("invalidation channel", ended) from ended
             if ended is not None:
-                raise ended
+                errors.throw("invalidation channel", ended)
             raise BackendError("an invalidation channel stopped")
     finally:
         for follower in followers:
@@ -108,8 +107,7 @@ async def _open(
     prefix: str,
     heartbeat: float,
     connect_timeout: float | None,
-    failure: Callable[[str, BaseException], BackendError],
-    failures: tuple[type[BaseException], ...],
+    errors: RedisErrors,
 ) -> None:
     """Opens every channel at once; raises `BackendError` if any fails or stays silent."""
     # The handshake has no read timeout either, so it is bounded here, as a PING would be:
@@ -120,15 +118,14 @@ async def _open(
         return_exceptions=True,
     )
     for result in results:
-        # Before the failures: from 3.11 on, asyncio's timeout is the builtin, an OSError.
+        # Before `errors.throw`: from 3.11 on, asyncio's timeout is the builtin, an OSError,
+        # which it would take for a failed command.
         if isinstance(result, asyncio.TimeoutError):
             raise BackendError(
                 f"CLIENT TRACKING was not answered within {limit * 1000:g} ms"
             ) from result
-        if isinstance(result, failures):
-            raise failure("CLIENT TRACKING", result) from result
         if isinstance(result, BaseException):
-            raise result
+            errors.throw("CLIENT TRACKING", result)
 
 
 @final

@@ -1,48 +1,36 @@
 """`RedisBackend`: the `Backend` protocol over redis-py's asyncio client (one server, or Sentinel).
 
-With `_cluster` (Redis Cluster), `_sentinel` and `_redis_common`, the only modules importing
-redis: the rest of the package never sees a redis-py type or exception.
+This package's modules are the only ones importing redis, and `errors` the only one knowing
+its exceptions: the rest of cachetier never sees a redis-py type or exception.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
-import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, ClassVar, Final, Literal, cast, final
+from typing import ClassVar, Final, Literal, cast, final
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import MasterNotFoundError
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, MaxConnectionsError, RedisError, ResponseError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._errors import BackendError, ConfigurationError
-from .._redact import redact_url
-from ._hosts import MAX_RETRIES, misplaced_at_problem
-from ._protocol import Notifications
-from ._redis_common import SingleKeyCommands, Subscription
-from ._redis_common import px as _px
-from ._scripts import RELEASE_LOCK, SET_IF, TAG_BUMP, TAG_STAMPS
-from ._tracking import TrackingChannel, follow, tracking_options
-from ._tracking import decode_keys as _decode_keys
-
-if TYPE_CHECKING:
-    from ._cluster import RedisClusterBackend
+from ..._errors import ConfigurationError
+from ..._redact import redact_url
+from .._protocol import Notifications
+from .cluster import RedisClusterBackend
+from .commands import SingleKeyCommands, Subscription
+from .commands import px as _px
+from .errors import FAILURES as _FAILURES
+from .errors import RETRIED_ERRORS, RedisErrors
+from .scripts import RELEASE_LOCK, SET_IF, TAG_BUMP, TAG_STAMPS
+from .sentinel import sentinel_client
+from .tracking import TrackingChannel, follow, tracking_options
+from .tracking import decode_keys as _decode_keys
+from .urls import MAX_RETRIES, misplaced_at_problem
 
 __all__ = ("RedisBackend",)
-
-# What a failed call can raise out of redis-py: its own errors, socket errors it did not wrap
-# (TLS, DNS), and asyncio's timeout (a builtin TimeoutError from 3.11 on, its own class on 3.10).
-# CancelledError is deliberately absent: cancellation always propagates untouched.
-_FAILURES: Final = (RedisError, OSError, asyncio.TimeoutError)
-
-_TIMEOUTS: Final = (RedisTimeoutError, asyncio.TimeoutError, socket.timeout)
 
 # The INFO fields `server_info` reports, under cachetier's names.
 _INFO_INTEGERS: Final = (
@@ -88,8 +76,7 @@ class RedisBackend(SingleKeyCommands):
 
     __slots__ = (
         "_client",
-        "_command_ms",
-        "_connect_ms",
+        "_errors",
         "_get",
         "_label",
         "_owns_client",
@@ -117,8 +104,11 @@ class RedisBackend(SingleKeyCommands):
         self._client = client
         self._owns_client = owns_client
         self._label = f"client={type(client).__name__}"
-        self._command_ms = _milliseconds(connection_kwargs.get("socket_timeout"))
-        self._connect_ms = _milliseconds(connection_kwargs.get("socket_connect_timeout"))
+        self._errors = RedisErrors(
+            connection_kwargs,
+            cluster=False,
+            pool_size=lambda: client.connection_pool.max_connections,
+        )
         # The hit path, bound once. redis-py types GET as ``bytes | str | None`` because a client
         # may decode; this one was just checked not to, so its GET returns ``bytes | None``.
         self._get = cast("Callable[[str], Awaitable[bytes | None]]", client.get)
@@ -240,9 +230,6 @@ class RedisBackend(SingleKeyCommands):
         # worst case is the sum of the steps one call can take (connect, up to three handshake
         # replies, write, reply), times ``retries + 1``.
         if scheme in ("redis+cluster", "rediss+cluster"):
-            # Imported here: _cluster imports this module's helpers.
-            from ._cluster import RedisClusterBackend
-
             try:
                 return RedisClusterBackend._from_url(
                     url,
@@ -257,17 +244,13 @@ class RedisBackend(SingleKeyCommands):
             except ValueError as exc:
                 raise ConfigurationError(f"the Redis URL {redacted} is invalid: {exc}") from None
         if scheme in ("redis+sentinel", "rediss+sentinel"):
-            from ._sentinel import sentinel_client
-
             try:
                 client = sentinel_client(
                     url,
                     max_connections=max_connections,
                     socket_timeout=command_timeout,
                     socket_connect_timeout=connect_timeout,
-                    retry=Retry(
-                        NoBackoff(), max(retries, 1), supported_errors=(RedisConnectionError,)
-                    ),
+                    retry=Retry(NoBackoff(), max(retries, 1), supported_errors=RETRIED_ERRORS),
                     health_check_interval=health_check_interval,
                     client_name=client_name,
                 )
@@ -286,7 +269,7 @@ class RedisBackend(SingleKeyCommands):
                 # restart every idle pooled connection fails its first command, and without
                 # it a burst of those re-opens the breaker right after a successful probe.
                 # Timeouts are never retried, so a silent server still costs one timeout.
-                retry=Retry(NoBackoff(), max(retries, 1), supported_errors=(RedisConnectionError,)),
+                retry=Retry(NoBackoff(), max(retries, 1), supported_errors=RETRIED_ERRORS),
                 health_check_interval=health_check_interval,
                 client_name=client_name,
                 **tls,
@@ -310,10 +293,11 @@ class RedisBackend(SingleKeyCommands):
         """Returns the values of ``keys`` in order with one MGET; ``None`` for absent ones."""
         if not keys:
             return []
+        # A hot path, so an inline try (free until MGET fails) rather than ``self._errors.on``.
         try:
             values = await self._client.mget(keys)
         except _FAILURES as exc:
-            raise self._failure("MGET", exc) from exc
+            raise self._errors.failure("MGET", exc) from exc
         # Not decoded: the constructor refused decode_responses clients.
         return cast("list[bytes | None]", values)
 
@@ -325,35 +309,27 @@ class RedisBackend(SingleKeyCommands):
         if not items:
             return
         if ttl is None:
-            try:
+            with self._errors.on("MSET"):
                 await self._client.mset(items)
-            except _FAILURES as exc:
-                raise self._failure("MSET", exc) from exc
             return
         px = _px(ttl)
         pipeline = self._client.pipeline(transaction=False)
         for key, value in items.items():
             pipeline.set(key, value, px=px)
-        try:
+        with self._errors.on("SET pipeline"):
             await pipeline.execute()
-        except _FAILURES as exc:
-            raise self._failure("SET pipeline", exc) from exc
 
     async def delete(self, *keys: str) -> int:
         """Removes ``keys`` with UNLINK (memory is freed off the main thread); returns how many existed."""
         if not keys:
             return 0
-        try:
+        with self._errors.on("UNLINK"):
             return await self._client.unlink(*keys)
-        except _FAILURES as exc:
-            raise self._failure("UNLINK", exc) from exc
 
     async def exists(self, key: str) -> bool:
         """Returns whether ``key`` exists (EXISTS)."""
-        try:
+        with self._errors.on("EXISTS"):
             return bool(await self._client.exists(key))
-        except _FAILURES as exc:
-            raise self._failure("EXISTS", exc) from exc
 
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
         """Adds ``amount`` to the integer at ``key`` (INCRBY) and returns the result.
@@ -368,17 +344,13 @@ class RedisBackend(SingleKeyCommands):
                 overflow.
             BackendError: the server failed.
         """
-        try:
+        with self._errors.on_incr(key, amount):
             if ttl is None:
                 return await self._client.incrby(key, amount)
             pipeline = self._client.pipeline(transaction=True)
             pipeline.set(key, 0, nx=True, px=_px(ttl))
             pipeline.incrby(key, amount)
             _, value = await pipeline.execute()
-        except ResponseError as exc:
-            raise self._incr_failure(key, amount, exc) from exc
-        except _FAILURES as exc:
-            raise self._failure("INCRBY", exc) from exc
         return int(value)
 
     async def scan(self, pattern: str, *, count: int = 500) -> AsyncIterator[list[str]]:
@@ -390,10 +362,8 @@ class RedisBackend(SingleKeyCommands):
         """
         cursor = 0
         while True:
-            try:
+            with self._errors.on("SCAN"):
                 cursor, raw_keys = await self._client.scan(cursor, match=pattern, count=count)
-            except _FAILURES as exc:
-                raise self._failure("SCAN", exc) from exc
             if raw_keys:
                 keys = _decode_keys(cast("list[bytes]", raw_keys))
                 if keys:
@@ -403,19 +373,15 @@ class RedisBackend(SingleKeyCommands):
 
     async def ping(self) -> None:
         """Sends PING; raises `BackendError` if the server does not answer."""
-        try:
+        with self._errors.on("PING"):
             await self._client.ping()
-        except _FAILURES as exc:
-            raise self._failure("PING", exc) from exc
 
     async def server_info(self) -> dict[str, float | int | str]:
         """Returns facts from INFO: ``uptime_seconds``, ``used_memory_mb`` (one decimal),
         ``connected_clients``, ``ops_per_sec`` and ``redis_version``, each where the server
         reports it."""
-        try:
+        with self._errors.on("INFO"):
             info = await self._client.info()
-        except _FAILURES as exc:
-            raise self._failure("INFO", exc) from exc
         facts: dict[str, float | int | str] = {}
         for field, name in _INFO_INTEGERS:
             if field in info:
@@ -430,17 +396,15 @@ class RedisBackend(SingleKeyCommands):
         """Closes the client's connections if this backend owns the client; reopens on next use."""
         if not self._owns_client:
             return
-        try:
+        with self._errors.on("close"):
             await self._client.aclose()
-        except _FAILURES as exc:
-            raise self._failure("close", exc) from exc
 
     # -- invalidation messages for a local tier (TrackingBackend) ----------------------------
 
     async def invalidations(
         self, prefix: str, *, heartbeat: float
     ) -> AsyncIterator[list[str] | None]:
-        """Follows changes under ``prefix`` with ``CLIENT TRACKING ... BCAST`` (see `_tracking`).
+        """Follows changes under ``prefix`` with ``CLIENT TRACKING ... BCAST`` (see `tracking`).
 
         The connection is one of its own: RESP2, tracking redirected to itself, so
         invalidations arrive as ``__redis__:invalidate`` messages whatever protocol the pool
@@ -455,94 +419,26 @@ class RedisBackend(SingleKeyCommands):
             prefix,
             heartbeat,
             connect_timeout=connect if isinstance(connect, (int, float)) else None,
-            failure=self._failure,
-            failures=_FAILURES,
+            errors=self._errors,
         ):
             yield keys
 
     async def publish(self, channel: str) -> None:
         """Sends an empty message on ``channel`` (PUBLISH), waking its subscribers."""
-        try:
+        with self._errors.on("PUBLISH"):
             await self._client.publish(channel, b"")
-        except _FAILURES as exc:
-            raise self._failure("PUBLISH", exc) from exc
 
     @contextlib.asynccontextmanager
     async def subscribe(self, channel: str) -> AsyncIterator[Notifications]:
         """Subscribes to ``channel`` on a dedicated connection for the ``async with`` block."""
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         try:
-            try:
+            with self._errors.on("SUBSCRIBE"):
                 await pubsub.subscribe(channel)
-            except _FAILURES as exc:
-                raise self._failure("SUBSCRIBE", exc) from exc
-            yield Subscription(pubsub, self)
+            yield Subscription(pubsub, self._errors)
         finally:
             with contextlib.suppress(*_FAILURES):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose unannotated
-
-    def _failure(self, command: str, exc: BaseException) -> BackendError:
-        """Returns the `BackendError` for ``command`` failing with ``exc``; never holds secrets."""
-        if isinstance(exc, _TIMEOUTS):
-            # redis-py's only connect-timeout message; any other timeout is a read or write.
-            if str(exc).startswith("Timeout connecting") and self._connect_ms:
-                return BackendError(f"{command} timed out connecting after {self._connect_ms} ms")
-            if self._command_ms:
-                return BackendError(f"{command} timed out after {self._command_ms} ms")
-            return BackendError(f"{command} timed out")
-        return BackendError(f"{command} failed: {self._reason(exc)}")
-
-    def _reason(self, exc: BaseException) -> str:
-        """Describes ``exc`` in words safe to log: no URL, password or stored value."""
-        if isinstance(exc, AuthenticationError):
-            return "the server refused the credentials"
-        if isinstance(exc, ResponseError):
-            # The server's own error text ("OOM ...", "READONLY ...", "NOPERM ..."). Only an
-            # unknown command echoes its arguments, and that tail is cut.
-            text = str(exc).split(", with args beginning with", 1)[0]
-            return f"the server replied {text[:200]!r}"
-        if isinstance(exc, MaxConnectionsError):
-            return f"all {self._client.connection_pool.max_connections} pooled connections are busy"
-        if isinstance(exc, MasterNotFoundError):
-            # Its message names the service only: no host, port or password.
-            return "no Sentinel named a master for the service (unknown service, or none answered)"
-        # redis-py wraps socket errors in its ConnectionError, keeping the OSError as the
-        # context; its own message would name the host and port, so it is described here.
-        cause: BaseException | None = exc
-        while cause is not None and not isinstance(cause, OSError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is not None:
-            return _describe_os_error(cause)
-        if isinstance(exc, RedisConnectionError):
-            return "the connection failed or was closed by the server"
-        return type(exc).__name__
-
-
-def _describe_os_error(exc: OSError) -> str:
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, ConnectionResetError):
-        return "connection reset by the server"
-    if isinstance(exc, (BrokenPipeError, ConnectionAbortedError)):
-        return "connection closed by the server"
-    if isinstance(exc, socket.gaierror):
-        return "the host name did not resolve"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return "the server's TLS certificate was not trusted"
-    if isinstance(exc, ssl.SSLError):
-        return "the TLS handshake failed"
-    if isinstance(exc, FileNotFoundError):
-        return "no Unix socket at that path"
-    if exc.strerror:
-        return exc.strerror[0].lower() + exc.strerror[1:]
-    return type(exc).__name__
-
-
-def _milliseconds(seconds: object) -> str | None:
-    """Formats a redis-py timeout for messages: ``0.1`` -> ``"100"``; ``None`` when unset."""
-    if isinstance(seconds, (int, float)) and seconds > 0:
-        return f"{seconds * 1000:g}"
-    return None
 
 
 def _check_positive(name: str, seconds: float) -> None:

@@ -1,4 +1,4 @@
-"""Lua scripts run by `RedisBackend`, each with the invariant it keeps.
+"""Lua scripts run by the Redis backends, each with the invariant it keeps.
 
 redis-py's registered scripts run with EVALSHA and, on NOSCRIPT (the server restarted or ran
 SCRIPT FLUSH), load the script and run it again; the error is never swallowed into a result.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ("RELEASE_LOCK", "SET_IF", "TAG_BUMP", "TAG_STAMPS")
+__all__ = ("INCR_WITH_TTL", "RELEASE_LOCK", "SET_IF", "TAG_BUMP", "TAG_STAMPS")
 
 # Releases a lock only while it still holds the releaser's token. Without the comparison, a
 # holder whose lock expired mid-computation would delete the lock that another process took
@@ -89,4 +89,17 @@ for _, key in ipairs(KEYS) do
     redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
 end
 return held
+"""
+
+# INCRBY on a key that, when absent, is created with an expiry first: the counter's TTL is set
+# atomically with its first increment, and an existing key keeps its expiry. One key, so it
+# runs in a cluster (where RedisBackend's MULTI/EXEC would need redis-py's cluster
+# transactions); only RedisClusterBackend runs it. An INCRBY error aborts the script after a
+# SET NX that changed nothing, since the key existed. The result is read back with GET, as
+# text: Lua holds INCRBY's integer reply as a double, which rounds counters past 2**53.
+# KEYS[1]: the counter; ARGV[1]: the amount; ARGV[2]: PX milliseconds.
+INCR_WITH_TTL: Final = """
+redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[2])
+redis.call('INCRBY', KEYS[1], ARGV[1])
+return redis.call('GET', KEYS[1])
 """
