@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis.asyncio as redis_asyncio
 
 from cachetier import BackendError, Cache, CircuitBreaker, Outcome, ReadEvent
 from cachetier.backends import RedisBackend
@@ -336,3 +337,28 @@ async def test_strict_cache_raises_backend_error_for_the_same_outage(outage: Out
                 await cache.get_or_set("g", lambda: 1)
         assert time.perf_counter() - started < 0.05
         assert runs == 0
+
+
+@pytest.mark.redis
+async def test_a_write_the_server_refuses_never_puts_the_value_in_the_error(
+    killable_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pipeline's error names its failed command with its arguments: the stored value must
+    not reach the `BackendError`, nor the log (``set_many`` with a TTL is a pipeline)."""
+    secret = "card-4111-1111-1111-1111"
+    async with Cache(RedisBackend.from_url(killable_redis.url), namespace="refused") as cache:
+        await cache.set("warm", 1)  # the generation is written while there is room
+        admin = redis_asyncio.Redis.from_url(killable_redis.url)
+        try:
+            await admin.config_set("maxmemory", 1)
+            await admin.config_set("maxmemory-policy", "noeviction")
+        finally:
+            await admin.aclose()
+        assert not await cache.set_many({"a": secret, "b": secret}, ttl=60)
+        strict = Cache(cache.backend, namespace="refused", strict=True)
+        with pytest.raises(BackendError) as refused:
+            await strict.set_many({"a": secret, "b": secret}, ttl=60)
+    assert "maxmemory" in str(refused.value)  # the server's reason stays
+    assert secret not in str(refused.value)
+    assert caplog.records, "the failure was logged"
+    assert all(secret not in record.getMessage() for record in caplog.records)

@@ -191,13 +191,12 @@ class RedisErrors:
         """The server's own error text ("OOM ...", "READONLY ...", "CLUSTERDOWN ...", "NOPERM
         ..."). An unknown command echoes its arguments, and that tail is cut."""
         text = str(exc)
-        if self._cluster:
-            # The cluster client's pipeline prefixes the text with the failed command and its
-            # arguments (a stored value among them); that is cut too.
-            _, annotated, reply = text.partition("of pipeline caused error: ")
-            if annotated:
-                # What follows is the reply's args tuple: "('OOM command not allowed ...',)".
-                text = reply.strip("(),").strip("'\"")
+        # A pipeline (cluster commands; `set_many` with a TTL on one server) prefixes the text
+        # with the failed command and its arguments, a stored value among them: that is cut.
+        _, annotated, reply = text.partition("of pipeline caused error: ")
+        if annotated:
+            # What follows is the reply's args tuple: "('OOM command not allowed ...',)".
+            text = reply.strip("(),").strip("'\"")
         return text.split(", with args beginning with", 1)[0]
 
 
