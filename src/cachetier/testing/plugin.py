@@ -24,6 +24,7 @@ or a decorated function (anything with a ``stats`` property).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import os
@@ -273,17 +274,20 @@ async def cachetier_fakeredis_cache() -> AsyncIterator[Cache]:
 def _cachetier_redis_url() -> str:
     """The URL of the real Redis the suite may use; skips (or fails) once when none answers."""
     url = os.environ.get("CACHETIER_TEST_REDIS_URL", DEFAULT_REDIS_URL)
-    import redis
+    from ..backends.redis import RedisBackend
 
-    reason: str | None = None
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    async def probe() -> str | None:
+        backend = RedisBackend.from_url(url, connect_timeout=0.5, command_timeout=0.5)
         try:
-            client.ping()
+            await backend.ping()
+        except BackendError as exc:
+            return str(exc)  # never holds the URL's password
         finally:
-            client.close()
-    except (redis.RedisError, OSError) as exc:
-        reason = type(exc).__name__
+            await backend.aclose()
+        return None
+
+    # A session fixture runs outside the tests' event loops: this loop is its own.
+    reason = asyncio.run(probe())
     if reason is not None:
         # The URL may hold a password: name the variable, not its value.
         message = (
