@@ -19,82 +19,34 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Final, TypeAlias, final
 
-from .._errors import BackendError, ConfigurationError, CounterError, ValueRejected
+from .._errors import BackendError, ConfigurationError, CounterError
 from .._glob import compile_glob
 from .._types import Clock
+from ._memory_rules import (
+    CANONICAL_INT,
+    ENTRY_OVERHEAD,
+    INT64_MAX,
+    INT64_MIN,
+    check_limit,
+    check_ttl,
+    checked_item,
+    too_large,
+)
 
 __all__ = ("MemoryBackend",)
 
 _Entry: TypeAlias = "tuple[bytes, float | None]"
-
-_ENTRY_OVERHEAD: Final = 232
-"""Bytes counted towards ``max_bytes`` for each entry on top of ``len(key) + len(value)``.
-
-Measured with `tracemalloc` on CPython 3.11, 20,000 small entries with a TTL: about 150 bytes
-of the backend's own structures per entry (the dict slot and its index share, the ordered-dict
-link node and lookup slot, the ``(value, expires_at)`` tuple, the expiry float and the sweep
-snapshot's slot; 30 fewer without a TTL, and a few more or less with the dict's fill), plus
-the 49-byte header of an ASCII ``str`` key and the 33-byte header of a ``bytes`` value, so that
-``max_bytes`` approximates the memory the entries really hold.
-"""
 
 _SWEEP_STEP: Final = 2
 """Keys the expiry sweep examines on each write."""
 
 _EVICTION_SWEEP_STEP: Final = 2
 """Keys examined for expired entries before a live entry is evicted to make room."""
-
-_INT64_MIN: Final = -(2**63)
-_INT64_MAX: Final = 2**63 - 1
-
-# Redis's string2ll accepts only canonical decimals: no sign but "-", no leading zeros, no
-# "-0", no spaces or underscores, at most 20 characters; int() is far more lenient.
-_CANONICAL_INT: Final = re.compile(rb"-?[1-9][0-9]{0,19}|0")
-
-
-def _check_limit(name: str, value: object) -> None:
-    """Raises `ConfigurationError` unless ``value`` is a positive ``int`` or ``None``."""
-    if value is None:
-        return
-    if type(value) is not int or value <= 0:
-        raise ConfigurationError(f"{name} must be a positive int or None, got {value!r}")
-
-
-def _check_ttl(key: str, ttl: float) -> None:
-    """Raises `BackendError` unless ``ttl`` is a positive number, as Redis refuses SET PX 0."""
-    if not ttl > 0:  # also refuses NaN
-        raise BackendError(f"invalid ttl {ttl!r} for key {key!r}: it must be positive seconds")
-
-
-def _rejected(keys: Sequence[str], max_bytes: int | None) -> ValueRejected:
-    """Returns the error of a write whose values at ``keys`` can never fit in ``max_bytes``."""
-    shown = ", ".join(repr(key) for key in keys[:3]) + (", ..." if len(keys) > 3 else "")
-    return ValueRejected(
-        f"the value for {shown} is larger than max_bytes={max_bytes} on its own and was not "
-        "stored; any older value there was removed"
-    )
-
-
-def _checked_item(key: object, value: object) -> bytes:
-    """Returns ``value`` as immutable ``bytes``; raises `TypeError` for a non-``str`` key or
-    a value that is not bytes-like.
-
-    A ``bytearray`` or ``memoryview`` is copied, so the caller cannot change the stored value
-    through it.
-    """
-    if type(key) is not str:
-        raise TypeError(f"keys must be str, not {type(key).__name__}")
-    if type(value) is bytes:
-        return value
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    raise TypeError(f"value for key {key!r} must be bytes, not {type(value).__name__}")
 
 
 @final
@@ -162,8 +114,8 @@ class MemoryBackend:
         max_bytes: int | None = 64 * 1024 * 1024,
         clock: Clock = time.monotonic,
     ) -> None:
-        _check_limit("max_entries", max_entries)
-        _check_limit("max_bytes", max_bytes)
+        check_limit("max_entries", max_entries)
+        check_limit("max_bytes", max_bytes)
         if not callable(clock):
             raise ConfigurationError(f"clock must be callable, got {type(clock).__name__}")
         self._max_entries = max_entries
@@ -246,7 +198,7 @@ class MemoryBackend:
         self._sweep(now, _SWEEP_STEP)
         if not self._store(key, value, ttl, now):
             # Reporting success would let a cache count as stored a value no read will see.
-            raise _rejected([key], self._max_bytes)
+            raise too_large([key], self._max_bytes)
 
     async def set_many(self, items: Mapping[str, bytes], ttl: float | None = None) -> None:
         """Stores every item with the same ``ttl``, measured from one clock reading.
@@ -262,7 +214,7 @@ class MemoryBackend:
         """
         if ttl is not None and not ttl > 0:
             raise BackendError(f"invalid ttl {ttl!r} for set_many: it must be positive seconds")
-        checked = [(key, _checked_item(key, value)) for key, value in items.items()]
+        checked = [(key, checked_item(key, value)) for key, value in items.items()]
         now = self._clock()
         expires_at = None if ttl is None else now + ttl
         rejected = []
@@ -271,7 +223,7 @@ class MemoryBackend:
             if not self._put(key, value, expires_at, now):
                 rejected.append(key)
         if rejected:
-            raise _rejected(rejected, self._max_bytes)
+            raise too_large(rejected, self._max_bytes)
 
     async def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
         """Stores ``value`` only if ``key`` is absent or expired; returns whether it was stored.
@@ -297,7 +249,7 @@ class MemoryBackend:
             if entry is None:
                 continue
             value, expires_at = entry
-            self._used_bytes -= len(key) + len(value) + _ENTRY_OVERHEAD
+            self._used_bytes -= len(key) + len(value) + ENTRY_OVERHEAD
             if self._watchers:
                 self._changed(key)
             if expires_at is not None:
@@ -370,25 +322,25 @@ class MemoryBackend:
         if entry is None:
             current = 0
             if ttl is not None:
-                _check_ttl(key, ttl)
+                check_ttl(key, ttl)
                 expires_at: float | None = now + ttl
             else:
                 expires_at = None
         else:
             raw, expires_at = entry
-            if _CANONICAL_INT.fullmatch(raw) is None:
+            if CANONICAL_INT.fullmatch(raw) is None:
                 raise CounterError(f"the value at key {key!r} is not an integer")
             current = int(raw)
-            if not _INT64_MIN <= current <= _INT64_MAX:
+            if not INT64_MIN <= current <= INT64_MAX:
                 raise CounterError(f"the value at key {key!r} is out of the signed 64-bit range")
         result = current + amount
-        if not _INT64_MIN <= result <= _INT64_MAX:
+        if not INT64_MIN <= result <= INT64_MAX:
             raise CounterError(
                 f"incrementing key {key!r} by {amount} would overflow a signed 64-bit integer"
             )
         encoded = str(result).encode("ascii")
         max_bytes = self._max_bytes
-        if max_bytes is not None and len(key) + len(encoded) + _ENTRY_OVERHEAD > max_bytes:
+        if max_bytes is not None and len(key) + len(encoded) + ENTRY_OVERHEAD > max_bytes:
             # Checked before storing so that the failed increment leaves the old count in place.
             raise BackendError(f"the counter at key {key!r} does not fit in max_bytes")
         self._sweep(now, _SWEEP_STEP)
@@ -444,7 +396,7 @@ class MemoryBackend:
         self._sweep(now, _SWEEP_STEP)
         if not self._store(key, value, ttl, now):
             # Not False: that answer means an invalidation won, which is not what happened.
-            raise _rejected([key], self._max_bytes)
+            raise too_large([key], self._max_bytes)
         return True
 
     async def delete_if(self, key: str, expected: bytes) -> bool:
@@ -529,7 +481,7 @@ class MemoryBackend:
     def _remove(self, key: str, value: bytes) -> None:
         """Removes the entry of ``key``, whose value is ``value``, and its accounted bytes."""
         del self._data[key]
-        self._used_bytes -= len(key) + len(value) + _ENTRY_OVERHEAD
+        self._used_bytes -= len(key) + len(value) + ENTRY_OVERHEAD
         if self._watchers:
             self._changed(key)
 
@@ -567,20 +519,20 @@ class MemoryBackend:
     def _store(self, key: str, value: bytes, ttl: float | None, now: float) -> bool:
         """Validates and stores one item as `set` does; returns whether it was stored."""
         if type(key) is not str or type(value) is not bytes:
-            value = _checked_item(key, value)
+            value = checked_item(key, value)
         if ttl is None:
             return self._put(key, value, None, now)
         if not ttl > 0:
-            _check_ttl(key, ttl)
+            check_ttl(key, ttl)
         return self._put(key, value, now + ttl, now)
 
     def _put(self, key: str, value: bytes, expires_at: float | None, now: float) -> bool:
         """Stores ``value`` as the most recent entry, then evicts to fit; returns whether stored."""
-        size = len(key) + len(value) + _ENTRY_OVERHEAD
+        size = len(key) + len(value) + ENTRY_OVERHEAD
         data = self._data
         old = data.get(key)
         if old is not None:
-            self._used_bytes -= len(key) + len(old[0]) + _ENTRY_OVERHEAD
+            self._used_bytes -= len(key) + len(old[0]) + ENTRY_OVERHEAD
         max_bytes = self._max_bytes
         if max_bytes is not None and size > max_bytes:
             # Dropping the old value too: serving it after a newer write would be wrong.
@@ -617,7 +569,7 @@ class MemoryBackend:
             max_bytes is not None and self._used_bytes > max_bytes
         ):
             key, (value, _) = data.popitem(last=False)
-            self._used_bytes -= len(key) + len(value) + _ENTRY_OVERHEAD
+            self._used_bytes -= len(key) + len(value) + ENTRY_OVERHEAD
             if self._watchers:
                 self._changed(key)
 

@@ -41,6 +41,9 @@ ran once for this and concurrent identical requests, whose answer this one share
 nothing about the cache, and is what a disabled cache gives too), ``MISS`` (the route ran),
 ``STALE`` (the route failed or answered 5xx and ``stale_if_error`` served the previous
 response) or ``BYPASS``.
+
+The header rules themselves (directives, ETag comparison, which headers are stored) are in
+`cachetier.contrib._http_headers`.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ import binascii
 import hashlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, cast, final
 from urllib.parse import parse_qsl, quote, urlencode
@@ -61,6 +64,17 @@ from .._glob import glob_escape
 from .._log import LOGGER
 from .._policy import PolicyOptions
 from .._ttl import TTLLike, to_seconds
+from ._http_headers import (
+    NOT_MODIFIED_HEADERS,
+    NOT_STORED,
+    REFUSING_DIRECTIVES,
+    body_etag,
+    etag_matches,
+    parse_directives,
+    parse_tokens,
+    request_directives,
+    unique_names,
+)
 
 __all__ = (
     "CapturedResponse",
@@ -79,30 +93,6 @@ _ENTRY_FORMAT: Final = 1
 # Characters left as they are in a path: the RFC 3986 path characters, minus "?" and "#" (our
 # separators) and minus every glob character, so a stored path never widens a pattern.
 _PATH_SAFE: Final = "/:@!$&'()+,;=-._~"
-# Headers that describe one transfer or one moment, not the representation; never stored.
-_NOT_STORED: Final = frozenset(
-    {
-        "age",
-        "connection",
-        "content-length",
-        "date",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-connection",
-        "server",
-        "set-cookie",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "x-cache",
-    }
-)
-# Headers a 304 repeats from the 200 it stands for (RFC 9110 section 15.4.5).
-_NOT_MODIFIED_HEADERS: Final = frozenset(
-    {"cache-control", "content-location", "etag", "expires", "vary", "age", "x-cache"}
-)
-_REFUSING_DIRECTIVES: Final = frozenset({"no-store", "no-cache", "private"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,43 +225,6 @@ async def invalidate_responses(
         return await cache.delete_pattern(literal + "*")
     exact = await cache.delete(response_key_prefix(path, key_prefix=key_prefix))
     return exact + await cache.delete_pattern(literal + "[?#]*")
-
-
-def request_directives(headers: Mapping[str, str]) -> dict[str, str]:
-    """Returns the request's ``Cache-Control`` directives, lower-case, each with its argument."""
-    value = headers.get("cache-control")
-    if value is None:
-        # HTTP/1.0 clients say no-cache this way; RFC 9111 section 5.4 has it ignored when
-        # Cache-Control is present.
-        pragma = headers.get("pragma", "")
-        return {"no-cache": ""} if "no-cache" in _tokens(pragma) else {}
-    return _directives(value)
-
-
-def _directives(value: str) -> dict[str, str]:
-    directives: dict[str, str] = {}
-    for item in value.split(","):
-        name, _, argument = item.strip().partition("=")
-        if name:
-            directives[name.strip().lower()] = argument.strip().strip('"')
-    return directives
-
-
-def _tokens(value: str) -> set[str]:
-    return {item.strip().lower() for item in value.split(",") if item.strip()}
-
-
-def _etag_matches(if_none_match: str, etag: str) -> bool:
-    """Whether ``If-None-Match`` matches ``etag`` by the weak comparison RFC 9110 prescribes."""
-    if if_none_match.strip() == "*":
-        return True
-    wanted = etag.removeprefix("W/")
-    return any(tag.strip().removeprefix("W/") == wanted for tag in if_none_match.split(","))
-
-
-def body_etag(body: bytes) -> str:
-    """Returns a strong ETag for ``body``: its quoted BLAKE2b-128 digest, stable across processes."""
-    return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
 
 
 class _NotStorable(Exception):
@@ -478,11 +431,14 @@ class ResponseCache:
         if response.header("set-cookie") is not None:
             return False
         cache_control = response.header("cache-control")
-        if cache_control is not None and _REFUSING_DIRECTIVES & _directives(cache_control).keys():
+        if (
+            cache_control is not None
+            and REFUSING_DIRECTIVES & parse_directives(cache_control).keys()
+        ):
             return False
         vary = response.header("vary")
         if vary is not None:
-            names = _tokens(vary)
+            names = parse_tokens(vary)
             covered = self._covered
             if not self._policy.shared:
                 covered = covered | {"authorization"}
@@ -492,9 +448,7 @@ class ResponseCache:
 
     def _prepare(self, response: CapturedResponse) -> CapturedResponse:
         """Returns the stored form of ``response``: per-transfer headers dropped, ETag added."""
-        headers = tuple(
-            (name, value) for name, value in response.headers if name not in _NOT_STORED
-        )
+        headers = tuple((name, value) for name, value in response.headers if name not in NOT_STORED)
         if not any(name == "etag" for name, _ in headers):
             headers += (("etag", body_etag(response.body)),)
         return CapturedResponse(response.status, headers, response.body)
@@ -516,30 +470,20 @@ class ResponseCache:
         if app_vary is not None:
             vary += [name.strip() for name in app_vary.split(",") if name.strip()]
         if vary:
-            updates["vary"] = ", ".join(_unique(vary))
+            updates["vary"] = ", ".join(unique_names(vary))
         if age is not None:
             updates["age"] = str(max(0, int(time.time() - age)))
         answer = stored.replace_headers(updates)
         etag = stored.header("etag")
         if_none_match = request.headers.get("if-none-match")
-        if etag is not None and if_none_match is not None and _etag_matches(if_none_match, etag):
+        if etag is not None and if_none_match is not None and etag_matches(if_none_match, etag):
             headers = tuple(
-                (name, value) for name, value in answer.headers if name in _NOT_MODIFIED_HEADERS
+                (name, value) for name, value in answer.headers if name in NOT_MODIFIED_HEADERS
             )
             return CapturedResponse(304, headers, b"")
         return CapturedResponse(
             answer.status, (*answer.headers, ("content-length", str(len(answer.body)))), answer.body
         )
-
-
-def _unique(names: Iterable[str]) -> list[str]:
-    seen: set[str] = set()
-    result: list[str] = []
-    for name in names:
-        if name.lower() not in seen:
-            seen.add(name.lower())
-            result.append(name)
-    return result
 
 
 def _canonical_query(query_string: str) -> str:
