@@ -11,11 +11,28 @@ import functools
 import inspect
 import string
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any, Final, final
+from typing import Any, Final, Protocol, final
 
-from ._keys import _ADDRESS, KeyBuilder, encode_argument, escape_part, function_name
+from ._parts import ADDRESS, encode_argument, escape_part, function_name
 
-__all__ = ("_KeyPlan", "plan_for")
+
+class Keys(Protocol):
+    """What a plan needs of the `KeyBuilder` whose keys it builds."""
+
+    @property
+    def prefix(self) -> str: ...
+
+    @property
+    def max_length(self) -> int: ...
+
+    def fit(self, key: str) -> str: ...
+
+    def full(self, key: str) -> str: ...
+
+    def __hash__(self) -> int: ...
+
+
+__all__ = ("Keys", "_KeyPlan", "plan_for")
 
 _REQUIRED: Final = inspect.Parameter.empty
 
@@ -30,7 +47,7 @@ class _TemplateFormatter(string.Formatter):
 
     def format_field(self, value: Any, format_spec: str) -> str:
         text = format(value, format_spec)
-        if _ADDRESS.search(text):
+        if ADDRESS.search(text):
             raise TypeError(
                 f"cannot build a cache {self.what} from a {type(value).__qualname__} value: its "
                 f"text {text!r} holds a memory address, so every call would get a new one"
@@ -101,7 +118,7 @@ class _KeyPlan:
     def __init__(
         self,
         func: Callable[..., object],
-        keys: KeyBuilder,
+        keys: Keys,
         *,
         key: str | None,
         key_prefix: str | None,
@@ -279,14 +296,14 @@ class _KeyPlan:
 
 @functools.lru_cache(maxsize=256)
 def _cached_plan(
-    func: Callable[..., object], keys: KeyBuilder, exclude: frozenset[str], head: str | None
+    func: Callable[..., object], keys: Keys, exclude: frozenset[str], head: str | None
 ) -> _KeyPlan:
     return _KeyPlan(func, keys, key=None, key_prefix=None, exclude=exclude, head=head)
 
 
 def plan_for(
     func: Callable[..., object],
-    keys: KeyBuilder,
+    keys: Keys,
     *,
     exclude: Collection[str] = (),
     head: str | None = None,

@@ -34,9 +34,8 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import ClassVar, final
+from collections.abc import AsyncIterator
+from typing import ClassVar
 
 import pytest
 import pytest_asyncio
@@ -49,41 +48,12 @@ from ._scan import ScanTests
 from ._support import LONG_TTL as LONG_TTL
 from ._support import PAST_SHORT_TTL as PAST_SHORT_TTL
 from ._support import SHORT_TTL as SHORT_TTL
+from ._support import BackendFactory as BackendFactory
 from ._support import _delete_prefixed
 from ._tags import TagTests
 from ._values import ValueTests
 
 __all__ = ("BackendContract", "BackendFactory")
-
-
-@final
-@dataclass(frozen=True)
-class BackendFactory:
-    """Makes fresh backends for the contract suite, and moves their clock when it can.
-
-    Attributes:
-        make: Returns a new backend. It is called inside the event loop the backend will run
-            on, once per test and once per example of the stateful test, and must do no I/O
-            (constructors of backends never do). Backends it returns may share one store: tests stay apart by
-            key prefix.
-        advance: Moves the clock of every backend ``make`` returns forward by the given
-            seconds; ``None`` when the backends run on real time.
-    """
-
-    make: Callable[[], Backend]
-    advance: Callable[[float], None] | None = None
-
-    @property
-    def can_control_time(self) -> bool:
-        """Whether expiry is tested by moving a clock rather than by sleeping."""
-        return self.advance is not None
-
-    async def let_time_pass(self, seconds: float) -> None:
-        """Moves the clock by ``seconds``, or sleeps that long on real time."""
-        if self.advance is None:
-            await asyncio.sleep(seconds)
-        else:
-            self.advance(seconds)
 
 
 class BackendContract(ValueTests, ScanTests, TagTests):

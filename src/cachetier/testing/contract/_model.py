@@ -16,7 +16,7 @@ from ...backends._protocol import Backend
 from ._support import _INT64_MAX, _INT64_MIN, _delete_prefixed, _redis_integer
 
 if TYPE_CHECKING:
-    from . import BackendFactory
+    from ._support import BackendFactory
 
 __all__ = ("_bound_machine",)
 

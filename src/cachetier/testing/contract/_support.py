@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
-from typing import Final
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, final
 
 import pytest
 
@@ -16,6 +19,7 @@ __all__ = (
     "SHORT_TTL",
     "_INT64_MAX",
     "_INT64_MIN",
+    "BackendFactory",
     "_delete_prefixed",
     "_guarded",
     "_redis_integer",
@@ -83,3 +87,33 @@ def _redis_integer(value: bytes) -> int | None:
         return None
     number = int(value)
     return number if _INT64_MIN <= number <= _INT64_MAX else None
+
+
+@final
+@dataclass(frozen=True)
+class BackendFactory:
+    """Makes fresh backends for the contract suite, and moves their clock when it can.
+
+    Attributes:
+        make: Returns a new backend. It is called inside the event loop the backend will run
+            on, once per test and once per example of the stateful test, and must do no I/O
+            (constructors of backends never do). Backends it returns may share one store: tests stay apart by
+            key prefix.
+        advance: Moves the clock of every backend ``make`` returns forward by the given
+            seconds; ``None`` when the backends run on real time.
+    """
+
+    make: Callable[[], Backend]
+    advance: Callable[[float], None] | None = None
+
+    @property
+    def can_control_time(self) -> bool:
+        """Whether expiry is tested by moving a clock rather than by sleeping."""
+        return self.advance is not None
+
+    async def let_time_pass(self, seconds: float) -> None:
+        """Moves the clock by ``seconds``, or sleeps that long on real time."""
+        if self.advance is None:
+            await asyncio.sleep(seconds)
+        else:
+            self.advance(seconds)

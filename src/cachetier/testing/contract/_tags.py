@@ -18,7 +18,7 @@ from ._support import (
 )
 
 if TYPE_CHECKING:
-    from . import BackendFactory
+    from ._support import BackendFactory
 
 __all__ = ("TagTests",)
 

@@ -17,7 +17,7 @@ from ._support import (
 )
 
 if TYPE_CHECKING:
-    from . import BackendFactory
+    from ._support import BackendFactory
 
 __all__ = ("ValueTests",)
 
