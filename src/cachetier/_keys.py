@@ -27,8 +27,10 @@ call, once per function, for both `Cache.cached` and `KeyBuilder.call_key`.
 from __future__ import annotations
 
 import hashlib
+import inspect
+import warnings
 from collections.abc import Callable, Collection, Mapping
-from typing import final
+from typing import cast, final
 
 from ._calls import plan_for
 from ._errors import ConfigurationError
@@ -221,6 +223,37 @@ class KeyBuilder:
         """
         plan = plan_for(func, self, exclude=exclude, head=prefix)
         return self.full(plan.relative(args, kwargs))
+
+    @staticmethod
+    def encode_call(
+        signature: inspect.Signature,
+        args: tuple[object, ...],
+        kwargs: Mapping[str, object],
+        *,
+        exclude: Collection[str] = (),
+    ) -> str:
+        """Returns the escaped ``name=value:name=value`` text of a call bound to ``signature``.
+
+        Deprecated since 0.2, to be removed in 0.3: use `call_key`, which keys a call exactly
+        as `Cache.cached` does.
+        """
+        warnings.warn(
+            "KeyBuilder.encode_call is deprecated and will be removed in cachetier 0.3; "
+            "use KeyBuilder.call_key, which keys a call as Cache.cached does",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        parts: list[str] = []
+        for name, value in bound.arguments.items():
+            if name in exclude:
+                continue
+            if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                extra = cast("dict[str, object]", value)
+                value = {key: item for key, item in extra.items() if key not in exclude}
+            parts.append(escape_part(f"{name}={encode_argument(value)}"))
+        return ":".join(parts)
 
     def _shorten(self, key: str) -> str:
         if len(key) <= self._max_length:

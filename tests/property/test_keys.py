@@ -243,3 +243,14 @@ async def test_decorated_functions_key_calls_exactly_as_key_builder_call_key() -
         assert cache.keys.full(cached_h.key_for(*args, **kwargs)) == cache.keys.call_key(
             h, args, kwargs
         )
+
+
+def test_encode_call_still_works_and_warns_that_it_goes() -> None:
+    """Removed in 0.3: one minor release of warning first (the changelog names the successor)."""
+    import inspect
+
+    def f(a: int, b: str = "x") -> None: ...
+
+    with pytest.warns(DeprecationWarning, match="call_key"):
+        text = KeyBuilder.encode_call(inspect.signature(f), (1,), {})
+    assert text == "a=" + encode_argument(1) + ":b=" + encode_argument("x")
