@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 
 import pytest
 
-from cachetier import BackendError, Cache
+from cachetier import BackendError, Cache, CircuitBreaker
 from cachetier.backends import MemoryBackend
 
 
@@ -18,6 +18,7 @@ class SlowBackend:
         self.inner = MemoryBackend()
         self.calls: list[tuple[str, int]] = []
         self.fail = False
+        self.short = False
         self.delay = 0.01
 
     @property
@@ -36,7 +37,8 @@ class SlowBackend:
         await asyncio.sleep(self.delay)
         if self.fail:
             raise BackendError("MGET failed: connection reset by the server")
-        return await self.inner.get_many(keys)
+        values = await self.inner.get_many(keys)
+        return values[:-1] if self.short else values
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         await self.inner.set(key, value, ttl)
@@ -175,3 +177,25 @@ async def test_merged_reads_return_each_callers_own_value_on_real_redis(
         assert set(runs) == set(range(200))
         assert cache.stats.backend_errors == 0, cache.stats
         await cache.clear()
+
+
+async def test_an_mget_answering_too_few_values_fails_every_reader_open_and_hangs_none(
+    backend: SlowBackend,
+) -> None:
+    """A desynchronised connection can answer an MGET with the wrong number of values: each
+    reader of the batch misses (the function runs), none waits for ever, and the keys it did
+    not answer are not left for later readers to join."""
+    cache = Cache(backend, breaker=CircuitBreaker(threshold=1000))
+    await cache.set_many({f"k{i}": i for i in range(10)})
+
+    @cache.cached(key="k{i}")
+    async def value(i: int) -> int:
+        return -i
+
+    backend.short = True
+    found = await asyncio.wait_for(asyncio.gather(*(value(i) for i in range(10))), 2)
+    assert found[0] == 0  # the lone first read, a GET: answered
+    assert found[1:] == [-i for i in range(1, 10)]  # the batch failed open
+    backend.short = False
+    again = await asyncio.wait_for(asyncio.gather(*(value(i) for i in range(10))), 2)
+    assert again == list(range(10))

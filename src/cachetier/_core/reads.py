@@ -203,7 +203,7 @@ class Reader:
         if generation.value is not None and generation.clock() < generation.due:
             return await self.guard.backend.get(full)
         sent, sent_at = generation.send()
-        data, raw = await self.guard.backend.get_many([full, generation.key])
+        data, raw = _answered(await self.guard.backend.get_many([full, generation.key]), 2)
         await generation.learn(raw, sent, sent_at)
         return data
 
@@ -214,10 +214,25 @@ class Reader:
             await self.replay()
         generation = self.generation
         if generation.fresh():
-            found = await self.guard.backend.get_many(keys)
+            found = _answered(await self.guard.backend.get_many(keys), len(keys))
         else:
             sent, sent_at = generation.send()
-            found = await self.guard.backend.get_many([*keys, generation.key])
+            found = _answered(
+                await self.guard.backend.get_many([*keys, generation.key]), len(keys) + 1
+            )
             await generation.learn(found.pop(), sent, sent_at)
         self.guard.succeeded()
         return found
+
+
+def _answered(values: list[bytes | None], count: int) -> list[bytes | None]:
+    """Returns the ``count`` values an MGET answered, or raises: a backend that answers
+    another number (a desynchronised connection) must fail the read, not leave waiters of the
+    keys it did not answer waiting for ever.
+
+    Raises:
+        BackendError: ``values`` does not hold ``count`` values.
+    """
+    if len(values) != count:
+        raise BackendError(f"MGET answered {len(values)} values for {count} keys")
+    return values
