@@ -20,7 +20,7 @@ from ._errors import (
 )
 from ._keys import KeyBuilder
 from ._policy import PolicyOptions
-from ._settings import CacheSettings
+from ._settings import BackendChoice, CacheSettings
 from ._ttl import TTL, TTLLike
 from ._types import MISSING, Outcome
 from ._version import __version__
@@ -28,6 +28,7 @@ from ._version import __version__
 __all__ = (
     "MISSING",
     "TTL",
+    "BackendChoice",
     "BackendError",
     "Cache",
     "CacheError",

@@ -277,7 +277,7 @@ class CacheSettings(BaseSettings):
         """Returns the backend `Cache.from_settings` builds from these settings, and why; no I/O.
 
         The reason is worded for a log line, as in ``REDIS_URL is not set: process-local memory
-        cache``; see `describe_backend_choice` for the rule.
+        cache``; see `describe_backend_choice` for the rule. Added in 0.2.
 
         Raises:
             ConfigurationError: ``CACHE_BACKEND=redis`` without ``REDIS_URL``.
@@ -292,7 +292,8 @@ class CacheSettings(BaseSettings):
 
 @dataclass(frozen=True, slots=True)
 class BackendChoice:
-    """Which backend settings lead to, and why, in words fit for a log line."""
+    """Which backend settings lead to, and why, in words fit for a log line
+    (`CacheSettings.backend_choice`). Added in 0.2."""
 
     kind: Literal["redis", "memory", "null"]
     reason: str
