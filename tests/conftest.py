@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,17 @@ from .servers import (
 
 REDIS_URL = os.environ.get("CACHETIER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 REQUIRE_REDIS = os.environ.get("CACHETIER_REQUIRE_REDIS") == "1"
+
+
+def need_redis_server(*, cli: bool = False) -> None:
+    """Skips the test when redis-server (and, with ``cli``, redis-cli) is not installed, or
+    fails it under CACHETIER_REQUIRE_REDIS=1, which CI sets."""
+    if REDIS_SERVER is None or (cli and REDIS_CLI is None):
+        tools = "redis-server or redis-cli" if cli else "redis-server"
+        message = f"{tools} is not installed (apt-get install redis-server)"
+        if REQUIRE_REDIS:
+            pytest.fail(message + " [CACHETIER_REQUIRE_REDIS=1 makes this a failure]")
+        pytest.skip(message)
 
 
 def _redis_answers(url: str) -> str | None:
@@ -54,23 +66,24 @@ def redis_url() -> str:
 @pytest.fixture(scope="module")
 def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A redis-server of this module's own, for tests that count its commands or stop it."""
-    if REDIS_SERVER is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if REQUIRE_REDIS:
-            pytest.fail(message + " [CACHETIER_REQUIRE_REDIS=1 makes this a failure]")
-        pytest.skip(message)
+    need_redis_server()
     with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, without persistence: the test may kill, freeze or
+    restart it on its port, and it is stopped (thawed first) whatever happened."""
+    need_redis_server()
+    with running_redis(tmp_path) as server:
         yield server
 
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
     """A Redis Cluster of three primaries on loopback ports, started once for the session."""
-    if REDIS_SERVER is None or REDIS_CLI is None:
-        message = "redis-server or redis-cli is not installed (apt-get install redis-server)"
-        if REQUIRE_REDIS:
-            pytest.fail(message + " [CACHETIER_REQUIRE_REDIS=1 makes this a failure]")
-        pytest.skip(message)
+    need_redis_server(cli=True)
     with running_cluster(tmp_path_factory.mktemp("cluster")) as servers:
         yield servers
 

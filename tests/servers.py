@@ -91,6 +91,8 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            # A test that froze it (SIGSTOP) and failed before thawing it: SIGTERM would wait.
+            os.kill(self.process.pid, signal.SIGCONT)
             self.process.terminate()
             try:
                 self.process.wait(timeout=10)
@@ -431,6 +433,8 @@ class SentinelServers:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            # A test that froze it (SIGSTOP) and failed before thawing it: SIGTERM would wait.
+            os.kill(self.process.pid, signal.SIGCONT)
             self.process.terminate()
             try:
                 self.process.wait(timeout=10)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -26,22 +25,14 @@ from cachetier import Cache
 from cachetier.backends import Backend, MemoryBackend, RedisBackend
 from cachetier.testing import FakeClock
 
-from ..servers import REDIS_SERVER, RedisServer, running_redis
+from ..conftest import need_redis_server
+from ..servers import RedisServer, running_redis
 
 pytestmark = pytest.mark.asyncio
 
 # Long enough for a task parked on a flight or a merged read to be parked for sure; a task
 # that does not join returns well before it, so passing runs do not wait for it.
 JOIN_WINDOW = 0.05
-
-
-def need_redis_server() -> None:
-    """Skips (or fails under CACHETIER_REQUIRE_REDIS=1) when redis-server is not installed."""
-    if REDIS_SERVER is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CACHETIER_REQUIRE_REDIS") == "1":
-            pytest.fail(message + " [CACHETIER_REQUIRE_REDIS=1 makes this a failure]")
-        pytest.skip(message)
 
 
 class Store:
@@ -429,15 +420,9 @@ async def test_a_new_process_whose_first_call_is_a_write_writes_what_readers_fin
 
 
 @pytest.fixture
-def restartable_redis(tmp_path: Path) -> Iterator[RedisServer]:
+def restartable_redis(own_redis: RedisServer) -> RedisServer:
     """A private redis-server without persistence, for a test that kills and restarts it."""
-    need_redis_server()
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    return own_redis
 
 
 async def test_bump_version_after_a_redis_restart_invalidates_entries_from_before_it(

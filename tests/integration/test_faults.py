@@ -7,7 +7,7 @@ import logging
 import statistics
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +17,8 @@ import redis.asyncio as redis_asyncio
 from cachetier import BackendError, Cache, CircuitBreaker, Outcome, ReadEvent
 from cachetier.backends import RedisBackend
 
-from ..conftest import REQUIRE_REDIS
-from ..servers import REDIS_SERVER, RedisServer, black_hole, closed_port
+from ..conftest import need_redis_server
+from ..servers import RedisServer, black_hole, closed_port, running_redis
 
 COMMAND_TIMEOUT = 0.1
 CONNECT_TIMEOUT = 0.25
@@ -34,19 +34,9 @@ def expected(k: int) -> dict[str, int]:
 
 
 @pytest.fixture
-def killable_redis(tmp_path: Path) -> Iterator[RedisServer]:
+def killable_redis(own_redis: RedisServer) -> RedisServer:
     """A redis-server of this test's own, which the test may SIGKILL and restart on its port."""
-    if REDIS_SERVER is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if REQUIRE_REDIS:
-            pytest.fail(message + " [CACHETIER_REQUIRE_REDIS=1 makes this a failure]")
-        pytest.skip(message)
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    return own_redis
 
 
 @pytest.fixture
@@ -282,17 +272,9 @@ async def outage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         async with black_hole() as port:
             yield Outage(f"redis://127.0.0.1:{port}/0")
     else:
-        if REDIS_SERVER is None:
-            message = "redis-server is not installed (apt-get install redis-server)"
-            if REQUIRE_REDIS:
-                pytest.fail(message + " [CACHETIER_REQUIRE_REDIS=1 makes this a failure]")
-            pytest.skip(message)
-        server = RedisServer(tmp_path)
-        server.start()
-        try:
+        need_redis_server()
+        with running_redis(tmp_path) as server:
             yield Outage(server.url, server.kill)
-        finally:
-            server.stop()
 
 
 async def test_strict_cache_raises_backend_error_for_the_same_outage(outage: Outage) -> None:

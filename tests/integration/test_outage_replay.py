@@ -28,8 +28,8 @@ from cachetier import BackendError, Cache, CachedFunction, CircuitBreaker, Local
 from cachetier.backends import RedisBackend
 from cachetier.testing import FakeClock
 
-from ..conftest import REQUIRE_REDIS
-from ..servers import REDIS_SERVER, RedisServer
+from ..conftest import need_redis_server
+from ..servers import RedisServer, running_redis
 
 pytestmark = pytest.mark.redis
 
@@ -51,38 +51,18 @@ HEARTBEAT = 0.1
 KINDS = ["key", "function", "tag", "pattern", "version"]
 
 
-def need_redis_server() -> None:
-    if REDIS_SERVER is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if REQUIRE_REDIS:
-            pytest.fail(message + " [CACHETIER_REQUIRE_REDIS=1 makes this a failure]")
-        pytest.skip(message)
-
-
 @pytest.fixture
 def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server that fsyncs every write to its AOF, so a restart brings back what it had."""
     need_redis_server()
-    server = RedisServer(tmp_path, None, "--appendonly", "yes", "--appendfsync", "always")
-    server.start()
-    try:
+    with running_redis(tmp_path, "--appendonly", "yes", "--appendfsync", "always") as server:
         yield server
-    finally:
-        if server.process is not None and server.process.poll() is None:
-            os.kill(server.process.pid, signal.SIGCONT)  # in case a test stopped it and failed
-        server.stop()
 
 
 @pytest.fixture
-def forgetful_redis(tmp_path: Path) -> Iterator[RedisServer]:
+def forgetful_redis(own_redis: RedisServer) -> RedisServer:
     """A redis-server without persistence: it comes back empty."""
-    need_redis_server()
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    return own_redis
 
 
 @dataclass

@@ -18,8 +18,8 @@ from cachetier import BackendError, Cache
 from cachetier.backends import RedisBackend
 from cachetier.testing.contract import BackendContract, BackendFactory
 
-from ..conftest import REQUIRE_REDIS
-from ..servers import REDIS_CLI, REDIS_SERVER, SentinelServers, closed_port, running_sentinel
+from ..conftest import need_redis_server
+from ..servers import REDIS_CLI, SentinelServers, closed_port, running_sentinel
 
 pytestmark = pytest.mark.redis
 
@@ -29,11 +29,7 @@ PASSWORD = "pw-S3CRET-sentinel"
 @pytest.fixture(scope="module")
 def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelServers]:
     """One primary with a password and one Sentinel watching it, started once for this module."""
-    if REDIS_SERVER is None or REDIS_CLI is None:
-        message = "redis-server or redis-cli is not installed (apt-get install redis-server)"
-        if REQUIRE_REDIS:
-            pytest.fail(message + " [CACHETIER_REQUIRE_REDIS=1 makes this a failure]")
-        pytest.skip(message)
+    need_redis_server(cli=True)
     with running_sentinel(tmp_path_factory.mktemp("sentinel"), password=PASSWORD) as servers:
         yield servers
 
