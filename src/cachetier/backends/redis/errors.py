@@ -37,8 +37,10 @@ __all__ = (
     "CLUSTER_FAILURES",
     "CLUSTER_URL_ERRORS",
     "FAILURES",
+    "REPLY_ERRORS",
     "RETRIED_ERRORS",
     "RedisErrors",
+    "dropped_connection",
 )
 
 # What a failed call can raise out of redis-py: its own errors, socket errors it did not wrap
@@ -56,6 +58,18 @@ CLUSTER_FAILURES: Final = (*FAILURES, RedisClusterException, AttributeError)
 # The errors a one-server client retries at once (its ``Retry(supported_errors=...)``): a
 # connection error, never a timeout.
 RETRIED_ERRORS: Final = (RedisConnectionError,)
+
+# An error reply that a connection's ``read_response`` raises after reading it whole: the
+# connection stays in step with its replies (`pipeline` keeps using it). Any other exception
+# from a read means redis-py closed the connection.
+REPLY_ERRORS: Final = (ResponseError,)
+
+
+def dropped_connection(reason: str) -> Exception:
+    """Returns the connection error of a read whose held connection was closed under it
+    (`pipeline`); like a reset, it is retried once, and described as a closed connection."""
+    return RedisConnectionError(reason)
+
 
 # What redis-py's cluster client raises for an option it refuses while parsing a URL; its text
 # names the option, never the password.
