@@ -24,6 +24,7 @@ from .commands import SingleKeyCommands, Subscription
 from .commands import px as _px
 from .errors import FAILURES as _FAILURES
 from .errors import RETRIED_ERRORS, RedisErrors
+from .pipeline import HeldReads
 from .scripts import RELEASE_LOCK, SET_IF, TAG_BUMP, TAG_STAMPS
 from .sentinel import sentinel_client
 from .tracking import TrackingChannel, follow, tracking_options
@@ -69,6 +70,12 @@ class RedisBackend(SingleKeyCommands):
 
     Every call is bounded by these timeouts alone (see `from_url`); the backend adds no timer
     of its own to the hit path.
+
+    A backend built by `from_url` for one server or through Sentinel reads (GET, MGET) over up
+    to two connections per event loop that it holds, made by its pool with the same options:
+    a read finding one idle sends and reads at once, and reads issued while they are busy go
+    out together, pipelined (see `pipeline`). Other commands, a client handed in, a
+    ``health_check_interval`` and a cluster use redis-py's pool per command.
     """
 
     failures: ClassVar[tuple[type[BaseException], ...]] = _FAILURES
@@ -78,7 +85,9 @@ class RedisBackend(SingleKeyCommands):
         "_client",
         "_errors",
         "_get",
+        "_held",
         "_label",
+        "_mget",
         "_owns_client",
         "_release",
         "_set_if",
@@ -112,6 +121,11 @@ class RedisBackend(SingleKeyCommands):
         # The hit path, bound once. redis-py types GET as ``bytes | str | None`` because a client
         # may decode; this one was just checked not to, so its GET returns ``bytes | None``.
         self._get = cast("Callable[[str], Awaitable[bytes | None]]", client.get)
+        # MGET likewise: not decoded, as the client was just checked.
+        self._mget = cast("Callable[[Sequence[str]], Awaitable[list[bytes | None]]]", client.mget)
+        # Set by `from_url` only: a client handed in keeps redis-py's per-command path, as its
+        # pool, retry policy or command callbacks may be the caller's own.
+        self._held: HeldReads | None = None
         self._release = client.register_script(RELEASE_LOCK)
         self._set_if = client.register_script(SET_IF)
         self._tag_stamps = client.register_script(TAG_STAMPS)
@@ -258,6 +272,7 @@ class RedisBackend(SingleKeyCommands):
                 raise ConfigurationError(f"the Redis URL {redacted} is invalid: {exc}") from None
             backend = cls(client, owns_client=True)
             backend._label = f"url={redacted!r}"
+            backend._hold_reads(retries=max(retries, 1), sentinel=True)
             return backend
         try:
             pool = ConnectionPool.from_url(
@@ -279,7 +294,21 @@ class RedisBackend(SingleKeyCommands):
             raise ConfigurationError(f"the Redis URL {redacted} is invalid: {exc}") from None
         backend = cls(Redis.from_pool(pool), owns_client=True)
         backend._label = f"url={redacted!r}"
+        backend._hold_reads(retries=max(retries, 1), sentinel=False)
         return backend
+
+    def _hold_reads(self, *, retries: int, sentinel: bool) -> None:
+        """Sends GET and MGET over held, auto-pipelined connections (see `pipeline`; issue 17).
+
+        Not with a health check interval: held connections send no PING before a command,
+        so such a client keeps redis-py's per-command path, which does.
+        """
+        pool = self._client.connection_pool
+        if pool.connection_kwargs.get("health_check_interval"):
+            return
+        self._held = HeldReads(pool, retries=retries, fallback=self._client.mget, sentinel=sentinel)
+        self._get = self._held.get
+        self._mget = self._held.mget
 
     def __repr__(self) -> str:
         return f"RedisBackend({self._label})"
@@ -295,11 +324,9 @@ class RedisBackend(SingleKeyCommands):
             return []
         # A hot path, so an inline try (free until MGET fails) rather than ``self._errors.on``.
         try:
-            values = await self._client.mget(keys)
+            return await self._mget(keys)
         except _FAILURES as exc:
             raise self._errors.failure("MGET", exc) from exc
-        # Not decoded: the constructor refused decode_responses clients.
-        return cast("list[bytes | None]", values)
 
     async def set_many(self, items: Mapping[str, bytes], ttl: float | None = None) -> None:
         """Stores every item in one round trip: MSET, or a pipeline of ``SET PX`` with a ttl.
@@ -397,6 +424,8 @@ class RedisBackend(SingleKeyCommands):
         if not self._owns_client:
             return
         with self._errors.on("close"):
+            if self._held is not None:
+                await self._held.aclose()
             await self._client.aclose()
 
     # -- invalidation messages for a local tier (TrackingBackend) ----------------------------
