@@ -526,6 +526,30 @@ async def concurrent_hits(world: World) -> Section:
         values = await pipe.execute()
         return [loads(v) for v in values] if decode else values
 
+    distinct_keys = [f"{raw_key}:{i}" for i in range(CONCURRENCY)]
+    await raw.mset(dict.fromkeys(distinct_keys, encoded))
+
+    async def pipeline_distinct() -> object:
+        pipe = raw.pipeline(transaction=False)
+        for name in distinct_keys:
+            pipe.get(name)
+        return [loads(v) for v in await pipe.execute()]
+
+    async def distinct() -> Case:
+        # 100 calls over 100 keys: no two calls share a read, so none is merged away.
+        name = "ct_redis_doc_distinct"
+        await world.cachetier_cached(world.redis_cache, name, DOCUMENT, dict[str, Any])
+        function = world.functions[name]
+        for i in range(CONCURRENCY):
+            await function(i)
+
+        async def hundred() -> object:
+            return await asyncio.gather(*[function(i) for i in range(CONCURRENCY)])
+
+        case = Case(name, name, hundred)
+        case.checks.append(stats_check(function))
+        return case
+
     builders: dict[str, Callable[[], Awaitable[Case]]] = {
         "ct_redis_doc": lambda: world.cachetier_cached(
             world.redis_cache, "ct_redis_doc", DOCUMENT, dict[str, Any]
@@ -559,6 +583,12 @@ async def concurrent_hits(world: World) -> Section:
             "aiocache @cached, 100 gathered calls",
             lambda: from_section("aio_redis_doc"),
         ),
+        await world.case(
+            "concurrent.cachetier_distinct",
+            "cachetier @cached, 100 gathered calls over 100 keys",
+            distinct,
+            peer="concurrent.pipeline_distinct_orjson",
+        ),
         Case(
             "concurrent.raw_gets_orjson", "100 gathered raw GETs + orjson.loads", raw_gets_decoded
         ),
@@ -567,6 +597,11 @@ async def concurrent_hits(world: World) -> Section:
             "concurrent.pipeline_orjson",
             "one 100-GET pipeline + orjson.loads",
             functools.partial(pipeline, decode=True),
+        ),
+        Case(
+            "concurrent.pipeline_distinct_orjson",
+            "one 100-GET pipeline over 100 keys + orjson.loads",
+            pipeline_distinct,
         ),
         Case(
             "concurrent.pipeline",
@@ -583,7 +618,7 @@ async def concurrent_hits(world: World) -> Section:
         case.ops = CONCURRENCY
     return Section(
         "concurrent_hits",
-        "100 concurrent hits of one key (1 KB document), asyncio.gather",
+        "100 concurrent hits of one key, and of 100 keys (1 KB document), asyncio.gather",
         "concurrent.raw_gets_orjson",
         "100 gathered GETs + orjson",
         cases,
