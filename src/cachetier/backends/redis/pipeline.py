@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, cast, final
 
 from .errors import REPLY_ERRORS, RETRIED_ERRORS, dropped_connection
@@ -363,7 +363,8 @@ class HeldReads:
 
     __slots__ = (
         "_current",
-        "_encode",
+        "_encoding",
+        "_encoding_errors",
         "_fallback",
         "_lanes",
         "_loop",
@@ -386,7 +387,9 @@ class HeldReads:
         address that is no longer the master's is closed before its next use.
         """
         self._make: Callable[[], AbstractConnection] = pool.make_connection
-        self._encode: Callable[[Any], bytes] = pool.get_encoder().encode
+        encoder = pool.get_encoder()
+        self._encoding: str = encoder.encoding
+        self._encoding_errors: str = encoder.encoding_errors
         self._retries = retries
         self._fallback = fallback
         self._current: Callable[[AbstractConnection], bool] = _always_current
@@ -402,22 +405,25 @@ class HeldReads:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lanes: _LoopLanes | None = None
 
-    async def get(self, key: str) -> bytes | None:
-        """GET ``key``."""
-        name = self._encode(key)
-        command = b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(name), name)
-        reply = await self._send(command, (key,), single=True)
-        return cast("bytes | None", reply)
+    # Plain functions returning `_send`'s coroutine, not coroutines of their own: one frame
+    # less on every hit. The commands are packed here (RESP arrays of bulk strings, keys
+    # encoded as the pool's encoder would encode a str) rather than by ``pack_command``,
+    # which is general and costs more than the rest of this function.
 
-    async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+    def get(self, key: str) -> Awaitable[bytes | None]:
+        """GET ``key``."""
+        name = key.encode(self._encoding, self._encoding_errors)
+        command = b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(name), name)
+        return self._send(command, (key,), single=True)
+
+    def mget(self, keys: Sequence[str]) -> Awaitable[list[bytes | None]]:
         """MGET ``keys`` (at least one)."""
-        encode = self._encode
+        encoding, errors = self._encoding, self._encoding_errors
         parts = [b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1)]
         for key in keys:
-            name = encode(key)
+            name = key.encode(encoding, errors)
             parts.append(b"$%d\r\n%b\r\n" % (len(name), name))
-        reply = await self._send(b"".join(parts), keys, single=False)
-        return cast("list[bytes | None]", reply)
+        return self._send(b"".join(parts), keys, single=False)
 
     async def _send(self, command: bytes, keys: Sequence[str], *, single: bool) -> Any:
         loop = asyncio.get_running_loop()
