@@ -47,6 +47,14 @@ LANES: Final = 2
 DEPTH: Final = 512
 """Waiters one held connection may have queued and in flight; past that, reads use the pool."""
 
+RESENDS: Final = 3
+"""Times a read is sent again because a read ahead of it on its connection was cancelled
+mid-reply (which closes the connection), beyond the retries of connection errors."""
+
+# The reason of that connection error, told apart by identity: another caller's
+# cancellation, not a failure of the server, so it spends no retry of the caller's.
+_CANCELLED: Final = "a read ahead on the held connection was cancelled"
+
 _Waiter = asyncio.Future[Any]
 
 
@@ -300,7 +308,7 @@ class _Lane:
 
 def _fail(waiters: Sequence[_Waiter], exc: BaseException) -> None:
     """Hands ``exc`` (or a connection error, if it is no failure) to the waiters still waiting."""
-    failure = exc if isinstance(exc, Exception) else dropped_connection("a read was cancelled")
+    failure = exc if isinstance(exc, Exception) else dropped_connection(_CANCELLED)
     for waiter in waiters:
         if not waiter.done():
             waiter.set_exception(failure)
@@ -430,7 +438,7 @@ class HeldReads:
         lanes = self._lanes
         if self._loop is not loop or lanes is None:
             lanes = self._lanes_of(loop)
-        retries = self._retries
+        retries, resends = self._retries, RESENDS
         while True:
             lane = lanes.pick()
             try:
@@ -441,12 +449,15 @@ class HeldReads:
                 if lane.idle():
                     return await lane.direct(command)
                 return await lane.queue(command)
-            except RETRIED_ERRORS:
+            except RETRIED_ERRORS as exc:
                 # A held connection the server closed (a restart) fails its first read; a
                 # read is safe to send again, once, as redis-py's Retry would.
-                if retries <= 0:
+                if exc.args and exc.args[0] is _CANCELLED and resends > 0:
+                    resends -= 1
+                elif retries > 0:
+                    retries -= 1
+                else:
                     raise
-                retries -= 1
 
     def _lanes_of(self, loop: asyncio.AbstractEventLoop) -> _LoopLanes:
         """The lanes of ``loop``, made on its first read; those of closed loops are dropped."""
