@@ -255,3 +255,23 @@ async def test_aclose_closes_the_held_connections_and_reads_reopen_them(
         await check_all(backend)
     finally:
         await admin.aclose()
+
+
+async def test_reads_under_way_when_aclose_runs_end_with_a_value_or_backend_error(
+    backend: RedisBackend, server: RedisServer
+) -> None:
+    """None hangs or escapes: a read cut off by `aclose` is sent again on new connections."""
+    await check_all(backend)
+    freeze(server)
+    try:
+        tasks = [asyncio.create_task(backend.get(key(k))) for k in range(KEYS)]
+        await turns(5)
+        closing = asyncio.create_task(backend.aclose())
+        await turns(5)
+    finally:
+        thaw(server)
+    await asyncio.wait_for(closing, 5)
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+    for k, result in enumerate(results):
+        assert result == value_of(k) or isinstance(result, BackendError), result
+    await check_all(backend)

@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, cast, final
 
-from .errors import REPLY_ERRORS, RETRIED_ERRORS, dropped_connection
+from .errors import FAILURES, REPLY_ERRORS, RETRIED_ERRORS, dropped_connection
 
 if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection
@@ -193,9 +193,9 @@ class _Lane:
         self.outbox = []
         try:
             writer.write(b"".join([command for command, _ in outbox]))
-        except (RuntimeError, OSError) as exc:  # a transport that refuses writes: done
+        except (RuntimeError, OSError):  # a transport that refuses writes: done
             self.pending.extend(waiter for _, waiter in outbox)
-            self.retire(exc)
+            self.retire(dropped_connection("the held connection refused a write"))
             return
         self.pending.extend(waiter for _, waiter in outbox)
         if not self.reading:
@@ -237,7 +237,12 @@ class _Lane:
     # -- opening and retiring ----------------------------------------------------------------
 
     def open(self) -> None:
-        if self.opening is None and not self.owner.closed:
+        if self.owner.closed:
+            # Closed by `aclose` under a queued read: it retries on the loop's new lanes.
+            waiting = [waiter for _, waiter in self.outbox]
+            self.outbox = []
+            _fail(waiting, dropped_connection("the backend closed"))
+        elif self.opening is None:
             self.opening = self.loop.create_task(self.connect())
 
     async def connect(self) -> None:
@@ -307,8 +312,15 @@ class _Lane:
 
 
 def _fail(waiters: Sequence[_Waiter], exc: BaseException) -> None:
-    """Hands ``exc`` (or a connection error, if it is no failure) to the waiters still waiting."""
-    failure = exc if isinstance(exc, Exception) else dropped_connection(_CANCELLED)
+    """Hands ``exc`` to the waiters still waiting, or a connection error if it is no failure
+    of the server's (a cancellation, or anything unexpected): a waiter must end in an error
+    the backend turns into `BackendError`, never in one that escapes the cache."""
+    if isinstance(exc, FAILURES):
+        failure: BaseException = exc
+    elif isinstance(exc, Exception):
+        failure = dropped_connection("a read on the held connection failed unexpectedly")
+    else:
+        failure = dropped_connection(_CANCELLED)
     for waiter in waiters:
         if not waiter.done():
             waiter.set_exception(failure)
@@ -435,11 +447,12 @@ class HeldReads:
 
     async def _send(self, command: bytes, keys: Sequence[str], *, single: bool) -> Any:
         loop = asyncio.get_running_loop()
-        lanes = self._lanes
-        if self._loop is not loop or lanes is None:
-            lanes = self._lanes_of(loop)
         retries, resends = self._retries, RESENDS
         while True:
+            # Looked up on every attempt: `aclose` may have replaced them meanwhile.
+            lanes = self._lanes
+            if self._loop is not loop or lanes is None:
+                lanes = self._lanes_of(loop)
             lane = lanes.pick()
             try:
                 if lane is None:
