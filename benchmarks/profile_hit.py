@@ -29,7 +29,6 @@ import functools
 import logging
 import pstats
 import statistics
-import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -89,7 +88,11 @@ async def components(
     import orjson
     from pydantic import TypeAdapter
 
-    header_size = struct.calcsize("<BBBBddf")
+    # The entry format's one owner says where the payload starts (a plain entry, untagged).
+    from cachetier._core.entry import HEADER_SIZE
+
+    header_size = HEADER_SIZE
+
     relative = function.key_for(42)
     full = cache.keys.full(relative)
     backend = cache.backend
@@ -135,7 +138,7 @@ async def components(
             "functools.partial(function, 42)",
             lambda: functools.partial(functools.partial, function, 42),
         ),
-        ("payload slice data[24:]", lambda: lambda: data[header_size:]),
+        ("payload slice data[HEADER_SIZE:]", lambda: lambda: data[header_size:]),
         (
             "TypeAdapter(dict[str, Any]).validate_json(payload)",
             lambda: functools.partial(adapter.validate_json, payload),
