@@ -163,13 +163,15 @@ class CommandCounter:
     """Counts the Redis commands this process sends while active, by command name.
 
     It wraps redis-py's asyncio command packer, which every command passes through: single
-    commands, pipelines, pub/sub and the handshake of new connections. Other processes using
-    the same server are not counted, unlike ``INFO stats``.
+    commands, pipelines, pub/sub and the handshake of new connections; and the GET and MGET of
+    `RedisBackend`'s held connections, which it packs itself (where this cachetier has them).
+    Other processes using the same server are not counted, unlike ``INFO stats``.
     """
 
     def __init__(self) -> None:
         self.by_name: Counter[str] = Counter()
         self._original: Any = None
+        self._held: Any = None
 
     @property
     def total(self) -> int:
@@ -187,6 +189,19 @@ class CommandCounter:
             return original(connection, *args)
 
         AbstractConnection.pack_command = pack_command  # type: ignore[method-assign]
+        try:
+            from cachetier.backends.redis.pipeline import HeldReads
+        except ImportError:  # a cachetier from before held connections
+            return self
+        # Counted where both reads go out (the backend binds get and mget at construction).
+        self._held = (HeldReads, HeldReads._send)
+        send = HeldReads._send
+
+        def held_send(reads: Any, command: bytes, keys: Any, *, single: bool) -> Any:
+            by_name["GET" if single else "MGET"] += 1
+            return send(reads, command, keys, single=single)
+
+        HeldReads._send = held_send  # type: ignore[method-assign]
         return self
 
     def __exit__(
@@ -198,6 +213,9 @@ class CommandCounter:
         from redis.asyncio.connection import AbstractConnection
 
         AbstractConnection.pack_command = self._original  # type: ignore[method-assign]
+        if self._held is not None:
+            held, held._send = self._held
+            self._held = None
 
 
 def locking_note(backend: Any) -> str:
