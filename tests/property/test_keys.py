@@ -245,6 +245,32 @@ async def test_decorated_functions_key_calls_exactly_as_key_builder_call_key() -
         )
 
 
+async def test_call_key_equals_the_decorated_key_without_arguments_and_for_methods() -> None:
+    """The two cases where `call_key` used to differ: a function with nothing to key (no
+    trailing separator) and a method keyed through its instance's ``__cache_key__``."""
+    from cachetier import Cache
+
+    cache = Cache(namespace="app", version="v1")
+
+    async def nothing() -> None: ...
+
+    class Repo:
+        def __cache_key__(self) -> str:
+            return "repo-1"
+
+        async def find(self, item: int) -> None: ...
+
+    assert cache.keys.full(cache.cached()(nothing).key_for()) == cache.keys.call_key(
+        nothing, (), {}
+    )
+    assert not cache.keys.call_key(nothing, (), {}).endswith(":")
+    repo = Repo()
+    decorated = cache.cached()(Repo.find)
+    assert cache.keys.full(decorated.key_for(repo, 7)) == cache.keys.call_key(
+        Repo.find, (repo, 7), {}
+    )
+
+
 def test_encode_call_still_works_and_warns_that_it_goes() -> None:
     """Removed in 0.3: one minor release of warning first (the changelog names the successor)."""
     import inspect

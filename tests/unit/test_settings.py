@@ -342,6 +342,22 @@ def test_redis_enabled_false_wins_over_redis_url(monkeypatch: pytest.MonkeyPatch
     assert build_backend(settings).kind == "null"
 
 
+def test_backend_choice_names_what_from_settings_builds_without_connecting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cachetier import BackendChoice
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("REDIS_ENABLED", raising=False)
+    local = CacheSettings.load().backend_choice()
+    assert isinstance(local, BackendChoice)
+    assert (local.kind, "REDIS_URL is not set" in local.reason) == ("memory", True)
+    monkeypatch.setenv("REDIS_URL", "redis://app:pw-CHOICE@127.0.0.1:1/0")  # nothing listens
+    remote = CacheSettings.load().backend_choice()
+    assert remote.kind == "redis"
+    assert "pw-CHOICE" not in remote.reason
+
+
 def test_redis_url_selects_redis(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_URL", "redis://localhost:6379/0")
     settings = CacheSettings.load()
