@@ -133,6 +133,7 @@ class World:
         self.redis_cache: Any = None
         self.memory_cache: Any = None
         self.tiered_cache: Any = None
+        self.embedded_cache: Any = None
         self.redis_cache_untimed: Any = None
         self.functions: dict[str, Any] = {}
         self.peer_errors: dict[str, str] = {}
@@ -174,6 +175,35 @@ class World:
             RedisBackend.from_url(REDIS_URL), namespace="bench-tiered", local=LocalTier()
         )
         self.stack.push_async_callback(self.tiered_cache.aclose)
+
+    async def embedded(self) -> Any:
+        """The embedded default with a local tier: ``Cache.from_settings`` without a Redis URL.
+
+        The settings are given in full rather than read: ``REDIS_URL`` or any ``CACHE_*``
+        variable in the environment or a ``.env`` file would otherwise change what is measured.
+        """
+        if self.embedded_cache is not None:
+            return self.embedded_cache
+        from cachetier import Cache, CacheSettings
+        from cachetier.backends.memory import MemoryBackend
+
+        settings = CacheSettings(local_tier=True, redis_url=None, _env_file=None)
+        changed = sorted(
+            name
+            for name, field in CacheSettings.model_fields.items()
+            if name != "local_tier" and getattr(settings, name) != field.default
+        )
+        if changed:
+            # Names only: a value could be a URL with a password.
+            raise RuntimeError(f"the environment sets {', '.join(changed)}; not the default")
+        cache = Cache.from_settings(settings)
+        self.stack.push_async_callback(cache.aclose)
+        if not isinstance(cache.backend, MemoryBackend):
+            raise RuntimeError(f"embedded default built {type(cache.backend).__name__}")
+        if cache._engine.local_settings is None:
+            raise RuntimeError("embedded default has no local tier")
+        self.embedded_cache = cache
+        return cache
 
     async def case(
         self, key: str, label: str, build: Callable[[], Awaitable[Case | Call]], *, peer: str = ""
@@ -412,23 +442,30 @@ async def memory_hits(world: World, payload: Payload) -> Section:
 
     typed_name = "dict[str, Any]" if slug == "doc" else "str"
 
-    async def tiered() -> Case:
-        tier = world.tiered_cache
-        case = await world.cachetier_cached(tier, f"ct_tier_{slug}", payload.value, payload.returns)
+    async def local_hit(tier: Any, name: str, behind: str) -> Case:
+        case = await world.cachetier_cached(tier, name, payload.value, payload.returns)
         # Served locally once the invalidation subscription is confirmed and a read kept it.
         for _ in range(500):
-            if tier._engine.local.live:
+            if tier._engine.local is not None and tier._engine.local.live:
                 break
             await asyncio.sleep(0.01)
         else:
             case.notes.append("the local tier never went live")
         assert case.call is not None
-        await case.call()
+        first = await case.call()
         calls = tier.stats.backend_calls
-        await case.call()
-        if tier.stats.backend_calls != calls:
-            case.notes.append("a hit reached Redis: not served by the local tier")
+        second = await case.call()
+        # The local tier hands out the object it keeps; a read of the backend decodes a new one
+        # (and, on Redis, counts a backend call).
+        if tier.stats.backend_calls != calls or first is not second:
+            case.notes.append(f"a hit reached {behind}: not served by the local tier")
         return case
+
+    async def tiered() -> Case:
+        return await local_hit(world.tiered_cache, f"ct_tier_{slug}", "Redis")
+
+    async def embedded() -> Case:
+        return await local_hit(await world.embedded(), f"ct_embedded_{slug}", "the backend")
 
     cases = [
         await world.case(
@@ -469,6 +506,13 @@ async def memory_hits(world: World, payload: Payload) -> Section:
             tiered,
             peer=f"memory.{slug}.async_lru",
         ),
+        await world.case(
+            f"memory.{slug}.embedded",
+            f"cachetier @cached -> {typed_name}, embedded default: "
+            "Cache.from_settings(CacheSettings(local_tier=True)) with no redis_url",
+            embedded,
+            peer=f"memory.{slug}.async_lru",
+        ),
         await world.case(f"memory.{slug}.async_lru", "async_lru.alru_cache", lru),
         Case(
             f"memory.{slug}.decode_floor",
@@ -486,7 +530,11 @@ async def memory_hits(world: World, payload: Payload) -> Section:
         note=(
             "peer: aiocache @cached with SimpleMemoryCache as configured by default (it keeps "
             "the object itself, no serialization). cachetier's MemoryBackend stores bytes and "
-            "decodes on every hit; the reference row is that decode alone, the floor of such a hit."
+            "decodes on every hit; the reference row is that decode alone, the floor of such a hit. "
+            "The LocalTier and embedded-default rows keep decoded objects in their local tier "
+            "and are compared with async_lru; the embedded default is what "
+            "Cache.from_settings builds with local_tier=True and no Redis URL: a MemoryBackend "
+            "with a LocalTier in front (the environment and .env files are not read)."
         ),
     )
 
