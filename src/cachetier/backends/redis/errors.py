@@ -19,9 +19,11 @@ from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final, NoReturn, final
 
+from redis._parsers.base import BaseParser
 from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import (
     AuthenticationError,
+    InvalidResponse,
     MaxConnectionsError,
     RedisClusterException,
     RedisError,
@@ -37,10 +39,12 @@ __all__ = (
     "CLUSTER_FAILURES",
     "CLUSTER_URL_ERRORS",
     "FAILURES",
-    "REPLY_ERRORS",
+    "PROTOCOL_ERROR",
     "RETRIED_ERRORS",
     "RedisErrors",
     "dropped_connection",
+    "reply_error",
+    "timed_out",
 )
 
 # What a failed call can raise out of redis-py: its own errors, socket errors it did not wrap
@@ -59,16 +63,25 @@ CLUSTER_FAILURES: Final = (*FAILURES, RedisClusterException, AttributeError)
 # connection error, never a timeout.
 RETRIED_ERRORS: Final = (RedisConnectionError,)
 
-# An error reply that a connection's ``read_response`` raises after reading it whole: the
-# connection stays in step with its replies (`pipeline` keeps using it). Any other exception
-# from a read means redis-py closed the connection.
-REPLY_ERRORS: Final = (ResponseError,)
-
 
 def dropped_connection(reason: str) -> Exception:
     """Returns the connection error of a read whose held connection was closed under it
     (`pipeline`); like a reset, it is retried once, and described as a closed connection."""
     return RedisConnectionError(reason)
+
+
+def timed_out() -> Exception:
+    """Returns the timeout of a read on a held connection (`pipeline`) that went unanswered for
+    the command timeout; described as redis-py's own read timeouts are."""
+    return RedisTimeoutError("Timeout reading from the held connection")
+
+
+# What a reply parser raises for bytes that are no RESP reply (redis-py's choice for hiredis).
+PROTOCOL_ERROR: Final = InvalidResponse
+
+# Turns an error reply's text into redis-py's exception for it (NOPERM, WRONGTYPE, LOADING ...),
+# as redis-py's own parsers do.
+reply_error: Final[Callable[[str], Exception]] = BaseParser.parse_error
 
 
 # What redis-py's cluster client raises for an option it refuses while parsing a URL; its text

@@ -2,25 +2,26 @@
 
 Why not redis-py's ``Redis.get``: on loopback its per-command machinery (a pool checkout under a
 lock, a retry wrapper, an ``asyncio.wait_for`` around each write, which is a task of its own
-before Python 3.12) costs more than the round trip (issue 17). Here each event loop holds up to
-`LANES` connections, each made by the client's own pool (``pool.make_connection()``: the pool's
-connection class and options, so AUTH and ACL users, TLS, SELECT, the client name, the RESP
-version and, through Sentinel, the master lookup all apply as on pooled connections). redis-py
-still connects, handshakes and parses (hiredis when present); this module only decides what is
-written when, and who reads which reply:
+before Python 3.12, a timeout context around each read, five coroutines deep) costs more than
+the round trip (issue 17). Here each event loop holds up to `LANES` connections, each made and
+handshaken by the client's own pool (``pool.make_connection()``: the pool's connection class
+and options, so AUTH and ACL users, TLS, SELECT, the client name, the RESP version and, through
+Sentinel, the master lookup all apply as on pooled connections). Once it is handshaken, the
+connection's transport is handed to a protocol of this module's (`_Receiver`), the design of
+rueidis in Go:
 
-- A read that finds a connection idle writes its command and reads its own reply (redis-py's
-  ``read_response``, under the command timeout): no task hop, no lock.
-- Reads that find every connection busy are queued on one and written together at the end of
-  the event loop's turn (auto-pipelining, as rueidis does in Go); one reader task per
-  connection reads the replies and hands each to its waiter's future in the order the commands
-  were written, which is the order Redis answers them in.
-- A waiter that is cancelled leaves its future behind: its reply is still read, and dropped.
-- A connection whose read fails in any way but an error reply (a timeout, a reset, or the
-  caller reading its own reply cancelled mid-parse) is closed by redis-py and never used again;
-  the waiters behind it get the timeout, or a connection error after which they retry once
-  (like the pooled path's ``Retry``) on a fresh connection. A reply is never handed to anyone
-  but the waiter whose command it answers.
+- A read is written at once when its connection has nothing outstanding, else queued and
+  written with the others of the same event loop turn in one write (auto-pipelining).
+- Every reply is parsed where it arrives, in the transport's ``data_received`` (hiredis's
+  parser when installed, else `resp.Replies`), and handed to the future of the oldest
+  outstanding command, which is the command it answers: the connection stays in step whatever
+  its callers do. A waiter that is cancelled leaves its future behind; its reply is parsed and
+  dropped.
+- The command timeout is one timer per connection, not a context per read: when the oldest
+  outstanding command has waited that long, the connection is closed and never used again; the
+  waiters behind it get the timeout. A connection the server closes fails its waiters with a
+  connection error, after which they retry once (like the pooled path's ``Retry``) on a fresh
+  connection. A reply is never handed to anyone but the waiter whose command it answers.
 
 Connections are opened in a task of their own, so that no caller's cancellation can leave one
 half-handshaken. Per-loop state is made lazily inside the running loop; `aclose` closes it all.
@@ -34,7 +35,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, cast, final
 
-from .errors import FAILURES, REPLY_ERRORS, RETRIED_ERRORS, dropped_connection
+from .errors import FAILURES, RETRIED_ERRORS, dropped_connection, timed_out
+from .resp import Parser, make_parser
 
 if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection
@@ -45,15 +47,7 @@ LANES: Final = 2
 """Connections held per event loop."""
 
 DEPTH: Final = 512
-"""Waiters one held connection may have queued and in flight; past that, reads use the pool."""
-
-RESENDS: Final = 3
-"""Times a read is sent again because a read ahead of it on its connection was cancelled
-mid-reply (which closes the connection), beyond the retries of connection errors."""
-
-# The reason of that connection error, told apart by identity: another caller's
-# cancellation, not a failure of the server, so it spends no retry of the caller's.
-_CANCELLED: Final = "a read ahead on the held connection was cancelled"
+"""Waiters one held connection may have queued and outstanding; past that, reads use the pool."""
 
 _Waiter = asyncio.Future[Any]
 
@@ -73,6 +67,49 @@ def _drop(connection: AbstractConnection) -> None:
 
 
 @final
+class _Receiver(asyncio.Protocol):
+    """The protocol of one held connection's transport: parses replies, hands them out in order."""
+
+    __slots__ = ("lane", "parser", "transport")
+
+    def __init__(self, lane: _Lane, parser: Parser) -> None:
+        self.lane = lane
+        self.parser = parser
+        self.transport: asyncio.Transport | None = None
+
+    def data_received(self, data: bytes) -> None:
+        lane = self.lane
+        if lane.receiver is not self:
+            return  # retired: its transport is closing, whatever still arrives is dropped
+        parser = self.parser
+        pending = lane.pending
+        try:
+            parser.feed(data)
+            reply = parser.gets()
+            while reply is not False:
+                waiter = pending.popleft()[0]
+                if not waiter.done():  # else its caller was cancelled: the reply is dropped
+                    if isinstance(reply, Exception):
+                        waiter.set_exception(reply)  # an error reply: the rest stays in step
+                    else:
+                        waiter.set_result(reply)
+                reply = parser.gets()
+        except Exception as exc:  # noqa: BLE001  # bytes no parser reads, a reply nobody awaits
+            lane.retire(exc)
+            return
+        if not pending and lane.outbox and not lane.scheduled:
+            lane.schedule()
+
+    def eof_received(self) -> bool:
+        return False  # the server closed its side: close ours too (then `connection_lost`)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        lane = self.lane
+        if lane.receiver is self:
+            lane.retire(dropped_connection("the server closed the held connection"))
+
+
+@final
 class _Lane:
     """One held connection: what was written on it and awaits a reply, what awaits writing."""
 
@@ -83,81 +120,72 @@ class _Lane:
         "outbox",
         "owner",
         "pending",
-        "reader",
-        "reading",
+        "receiver",
         "scheduled",
+        "timer",
+        "transport",
     )
 
     def __init__(self, owner: _LoopLanes) -> None:
         self.owner = owner
         self.loop = owner.loop
-        # Connected and in step (every reply read belongs to the next waiter), or None.
+        # Connected and in step (every reply parsed belongs to the oldest pending waiter), or
+        # all three None.
         self.connection: AbstractConnection | None = None
-        # Futures of commands written on `connection`, in the order written.
-        self.pending: deque[_Waiter] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.receiver: _Receiver | None = None
+        # Futures of commands written on the connection, in the order written, with the time
+        # by which each must be answered.
+        self.pending: deque[tuple[_Waiter, float]] = deque()
         # Commands to write at the end of this loop turn, with their futures.
         self.outbox: list[tuple[bytes, _Waiter]] = []
         self.scheduled = False
-        # Whether someone reads replies now: a caller reading its own, or `reader`.
-        self.reading = False
-        self.reader: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
         self.opening: asyncio.Task[None] | None = None
 
     def idle(self) -> bool:
-        return (
-            self.connection is not None
-            and not self.reading
-            and not self.pending
-            and not self.outbox
-            and self.opening is None
-        )
+        return self.transport is not None and not self.pending and not self.outbox
 
     def load(self) -> int:
         return len(self.pending) + len(self.outbox)
 
-    # -- a caller reading its own reply ----------------------------------------------------
-
-    async def direct(self, command: bytes) -> Any:
-        """Writes ``command`` on the idle connection and reads its reply in the calling task."""
-        connection = cast("AbstractConnection", self.connection)
-        writer = connection._writer
-        if writer is None:  # closed under us (redis-py closes on failure): open anew
-            self.retire(dropped_connection("the held connection was closed"))
-            return await self.queue(command)
-        self.reading = True
-        try:
-            writer.write(command)
-            reply = await connection.read_response()
-        except REPLY_ERRORS:
-            # An error reply (WRONGTYPE, NOPERM): read whole, the connection stays in step.
-            self.done_reading()
-            raise
-        except BaseException as exc:
-            # A timeout, a reset, or this task cancelled mid-read: redis-py has closed the
-            # connection (read_response does on any such exception), so whatever was written
-            # behind this command is lost with it.
-            self.reading = False
-            self.retire(exc)
-            raise
-        self.done_reading()
-        return reply
-
-    def done_reading(self) -> None:
-        self.reading = False
-        if self.pending:
-            self.start_reader()
-        elif self.outbox:
-            self.schedule()
-
-    # -- queued reads, written once per loop turn --------------------------------------------
-
-    def queue(self, command: bytes) -> _Waiter:
+    def send(self, command: bytes) -> _Waiter:
+        """Writes ``command`` now if nothing is outstanding, else with this turn's others."""
         waiter: _Waiter = self.loop.create_future()
-        self.outbox.append((command, waiter))
-        if not self.scheduled:
-            self.scheduled = True
-            self.loop.call_soon(self.flush)
+        transport = self.transport
+        if transport is not None and not self.pending and not self.outbox:
+            transport.write(command)
+            self.written(waiter)
+        else:
+            self.outbox.append((command, waiter))
+            if not self.scheduled:
+                self.scheduled = True
+                self.loop.call_soon(self.flush)
         return waiter
+
+    def written(self, waiter: _Waiter) -> None:
+        """Lists ``waiter`` as outstanding, and times it."""
+        timeout = self.owner.timeout
+        if timeout is None:
+            self.pending.append((waiter, 0.0))
+            return
+        deadline = self.loop.time() + timeout
+        self.pending.append((waiter, deadline))
+        if self.timer is None:
+            self.timer = self.loop.call_at(deadline, self.expire)
+
+    def expire(self) -> None:
+        """Retires the connection if its oldest outstanding command is unanswered too long."""
+        self.timer = None
+        if not self.pending:
+            return
+        deadline = self.pending[0][1]
+        loop = self.loop
+        # Timers may fire up to one clock resolution early (asyncio's own rule).
+        if loop.time() + loop._clock_resolution >= deadline:  # type: ignore[attr-defined]  # asyncio's
+            self.retire(timed_out())
+        else:
+            self.timer = loop.call_at(deadline, self.expire)
 
     def schedule(self) -> None:
         if not self.scheduled:
@@ -174,65 +202,25 @@ class _Lane:
         self.outbox = outbox
         if not outbox:
             return
-        connection = self.connection
-        writer = None if connection is None else connection._writer
-        if (
-            connection is None
-            or writer is None
-            or not _open(connection)
-            or not self.owner.current(connection)
-        ):
-            if connection is not None and not self.pending and not self.reading:
+        transport = self.transport
+        if transport is None:
+            self.open()
+            return
+        if not self.owner.current(cast("AbstractConnection", self.connection)):
+            # To a demoted master: once its outstanding replies are in, retired and reopened.
+            if not self.pending:
                 self.retire(dropped_connection("the held connection was closed"))
                 self.open()
-            elif connection is None:
-                self.open()
-            # Else replies are still being read on it: once they are (or the read fails and
-            # retires it), the outbox is flushed again, onto a fresh connection.
             return
         self.outbox = []
         try:
-            writer.write(b"".join([command for command, _ in outbox]))
+            transport.write(b"".join([command for command, _ in outbox]))
         except (RuntimeError, OSError):  # a transport that refuses writes: done
-            self.pending.extend(waiter for _, waiter in outbox)
+            self.pending.extend((waiter, 0.0) for _, waiter in outbox)
             self.retire(dropped_connection("the held connection refused a write"))
             return
-        self.pending.extend(waiter for _, waiter in outbox)
-        if not self.reading:
-            self.start_reader()
-
-    def start_reader(self) -> None:
-        self.reading = True
-        self.reader = self.loop.create_task(self.read_replies())
-
-    async def read_replies(self) -> None:
-        """Reads replies until no waiter is left, handing each to its waiter in order."""
-        connection = cast("AbstractConnection", self.connection)
-        pending = self.pending
-        try:
-            while pending:
-                failure: BaseException | None = None
-                reply: Any = None
-                try:
-                    reply = await connection.read_response()
-                except REPLY_ERRORS as exc:
-                    failure = exc
-                waiter = pending.popleft()
-                if waiter.done():
-                    continue  # its caller was cancelled: the reply is dropped
-                if failure is None:
-                    waiter.set_result(reply)
-                else:
-                    waiter.set_exception(failure)
-        except BaseException as exc:
-            self.reading = False
-            self.reader = None
-            self.retire(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        self.reader = None
-        self.done_reading()
+        for _, waiter in outbox:
+            self.written(waiter)
 
     # -- opening and retiring ----------------------------------------------------------------
 
@@ -246,10 +234,12 @@ class _Lane:
             self.opening = self.loop.create_task(self.connect())
 
     async def connect(self) -> None:
-        """Opens a connection with the pool's handshake, then writes what is queued."""
+        """Opens a connection with the pool's handshake, takes its transport, writes what is
+        queued."""
         connection = self.owner.make_connection()
         try:
             await connection.connect()  # type: ignore[no-untyped-call]  # redis-py leaves connect unannotated
+            receiver = self.take(connection)
         except BaseException as exc:
             # Never reused half-made: a handshake cut short leaves replies unread.
             _drop(connection)
@@ -266,61 +256,75 @@ class _Lane:
             _fail([waiter for _, waiter in self.outbox], dropped_connection("the backend closed"))
             self.outbox = []
             return
-        self.connection = connection
+        self.connection, self.receiver = connection, receiver
+        self.transport = receiver.transport
         self.flush()
+
+    def take(self, connection: AbstractConnection) -> _Receiver:
+        """Moves ``connection``'s transport from redis-py's stream to a `_Receiver`."""
+        reader, writer = connection._reader, connection._writer
+        if reader is None or writer is None or reader.at_eof():
+            raise dropped_connection("the held connection was closed")
+        if reader._buffer:  # type: ignore[attr-defined]  # asyncio's StreamReader keeps it here
+            # The handshake leaves nothing unread; bytes here would be a reply to nobody.
+            raise dropped_connection("the held connection had unread bytes")
+        transport = cast("asyncio.Transport", writer.transport)
+        receiver = _Receiver(self, self.owner.make_parser())
+        receiver.transport = transport
+        transport.set_protocol(receiver)
+        return receiver
 
     def retire(self, exc: BaseException) -> None:
         """Closes the connection after ``exc``; fails the waiters whose commands it carried.
 
-        They get ``exc`` itself when it is a timeout or a connection error, else (a caller
-        cancelled mid-read, an unexpected error) a connection error: either way their callers
+        They get ``exc`` itself when it is a timeout or a connection error, else (an
+        unreadable reply, an unexpected error) a connection error: either way their callers
         see a `BackendError` or, for a connection error, retry once on a fresh connection.
         Commands not yet written are kept for the next connection.
         """
         connection, self.connection = self.connection, None
+        self.transport = self.receiver = None
         if connection is not None:
             _drop(connection)
-        waiting = list(self.pending)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        waiting = [waiter for waiter, _ in self.pending]
         self.pending.clear()
         _fail(waiting, exc)
         if self.outbox:
             self.schedule()
 
     async def aclose(self) -> None:
-        tasks = [task for task in (self.reader, self.opening) if task is not None]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        self.reader = self.opening = None
-        self.reading = False
-        waiting = [*self.pending, *(waiter for _, waiter in self.outbox)]
-        self.pending.clear()
+        opening, self.opening = self.opening, None
+        if opening is not None:
+            opening.cancel()
+            await asyncio.gather(opening, return_exceptions=True)
+        waiting = [waiter for _, waiter in self.outbox]
         self.outbox = []
+        self.retire(dropped_connection("the backend closed"))
         _fail(waiting, dropped_connection("the backend closed"))
-        connection, self.connection = self.connection, None
-        if connection is not None:
-            await connection.disconnect(nowait=True)
 
     def abandon(self) -> None:
         """Drops everything without awaiting: for a lane whose event loop is gone."""
         connection, self.connection = self.connection, None
+        self.transport = self.receiver = None
         if connection is not None:
             _drop(connection)
         self.pending.clear()
         self.outbox = []
+        self.timer = None
 
 
 def _fail(waiters: Sequence[_Waiter], exc: BaseException) -> None:
     """Hands ``exc`` to the waiters still waiting, or a connection error if it is no failure
     of the server's (a cancellation, or anything unexpected): a waiter must end in an error
     the backend turns into `BackendError`, never in one that escapes the cache."""
-    if isinstance(exc, FAILURES):
-        failure: BaseException = exc
-    elif isinstance(exc, Exception):
-        failure = dropped_connection("a read on the held connection failed unexpectedly")
-    else:
-        failure = dropped_connection(_CANCELLED)
+    failure: BaseException = (
+        exc
+        if isinstance(exc, FAILURES)
+        else dropped_connection("a read on the held connection failed unexpectedly")
+    )
     for waiter in waiters:
         if not waiter.done():
             waiter.set_exception(failure)
@@ -331,17 +335,14 @@ def _fail(waiters: Sequence[_Waiter], exc: BaseException) -> None:
 class _LoopLanes:
     """The held connections of one event loop."""
 
-    __slots__ = ("closed", "current", "lanes", "loop", "make_connection")
+    __slots__ = ("closed", "current", "lanes", "loop", "make_connection", "make_parser", "timeout")
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        make_connection: Callable[[], AbstractConnection],
-        current: Callable[[AbstractConnection], bool],
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, reads: HeldReads) -> None:
         self.loop = loop
-        self.make_connection = make_connection
-        self.current = current
+        self.make_connection = reads._make
+        self.make_parser = reads._parser
+        self.current = reads._current
+        self.timeout = reads._timeout
         self.closed = False
         self.lanes = [_Lane(self) for _ in range(LANES)]
 
@@ -350,23 +351,16 @@ class _LoopLanes:
         lanes = self.lanes
         for lane in lanes:
             if lane.idle():
-                connection = cast("AbstractConnection", lane.connection)
-                if _open(connection) and self.current(connection):
+                if self.current(cast("AbstractConnection", lane.connection)):
                     return lane
-                # Closed by the server while idle (a restart), or to a demoted master: the
-                # pool checks its idle connections the same way before lending one.
+                # To a demoted master: the pool checks its idle connections the same way
+                # before lending one. (One the server closed is retired as it closes.)
                 lane.retire(dropped_connection("the held connection was closed"))
         for lane in lanes:
-            if lane.connection is None and lane.opening is None:
+            if lane.transport is None and lane.opening is None:
                 return lane
         lane = min(lanes, key=_Lane.load)
         return lane if lane.load() < DEPTH else None
-
-
-def _open(connection: AbstractConnection) -> bool:
-    """Whether ``connection`` is open and the server has not closed its side."""
-    reader = connection._reader
-    return reader is not None and not reader.at_eof()
 
 
 def _always_current(connection: AbstractConnection) -> bool:
@@ -389,8 +383,10 @@ class HeldReads:
         "_lanes",
         "_loop",
         "_make",
+        "_parser",
         "_retries",
         "_states",
+        "_timeout",
     )
 
     def __init__(
@@ -412,6 +408,9 @@ class HeldReads:
         self._encoding_errors: str = encoder.encoding_errors
         self._retries = retries
         self._fallback = fallback
+        options = pool.connection_kwargs
+        self._timeout: float | None = options.get("socket_timeout")
+        self._parser = make_parser(str(options.get("protocol")) == "3")
         self._current: Callable[[AbstractConnection], bool] = _always_current
         if sentinel:
 
@@ -447,7 +446,7 @@ class HeldReads:
 
     async def _send(self, command: bytes, keys: Sequence[str], *, single: bool) -> Any:
         loop = asyncio.get_running_loop()
-        retries, resends = self._retries, RESENDS
+        retries = self._retries
         while True:
             # Looked up on every attempt: `aclose` may have replaced them meanwhile.
             lanes = self._lanes
@@ -459,15 +458,11 @@ class HeldReads:
                     # Every held connection is that far behind: the pool, as before.
                     values = await self._fallback(keys)
                     return values[0] if single else values
-                if lane.idle():
-                    return await lane.direct(command)
-                return await lane.queue(command)
-            except RETRIED_ERRORS as exc:
+                return await lane.send(command)
+            except RETRIED_ERRORS:
                 # A held connection the server closed (a restart) fails its first read; a
                 # read is safe to send again, once, as redis-py's Retry would.
-                if exc.args and exc.args[0] is _CANCELLED and resends > 0:
-                    resends -= 1
-                elif retries > 0:
+                if retries > 0:
                     retries -= 1
                 else:
                     raise
@@ -481,7 +476,7 @@ class HeldReads:
                     del self._states[other]
                     for lane in old.lanes:
                         lane.abandon()
-            lanes = self._states[loop] = _LoopLanes(loop, self._make, self._current)
+            lanes = self._states[loop] = _LoopLanes(loop, self)
         self._loop, self._lanes = loop, lanes
         return lanes
 
