@@ -714,6 +714,44 @@ async def test_stats_report_backend_latency_percentiles(cache: Cache) -> None:
     assert value.stats.latency_p99_ms is not None
 
 
+class _NetworkSpy(SpyBackend):
+    """Answers a turn of the event loop later, as a backend across a network does."""
+
+    async def get(self, key: str) -> bytes | None:
+        await asyncio.sleep(0)
+        return await super().get(key)
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        await asyncio.sleep(0)
+        return await super().get_many(keys)
+
+
+async def test_a_burst_of_reads_counts_one_latency_sample_per_round_trip() -> None:
+    """Merged readers made no backend call of their own: they add no sample (issue 17)."""
+    spy = _NetworkSpy(MemoryBackend())
+    cache = Cache(spy)
+
+    @cache.cached()
+    async def value(n: int) -> int:
+        return n
+
+    for n in range(40):
+        await value(n)
+    calls, own_calls = cache.stats.backend_calls, value.stats.backend_calls
+    spy.calls.clear()
+    assert await asyncio.gather(*(value(7) for _ in range(100))) == [7] * 100
+    assert spy.calls == ["get"]
+    assert cache.stats.backend_calls == calls + 1
+    assert value.stats.backend_calls == own_calls + 1
+    assert cache.stats.hits >= 100
+
+    spy.calls.clear()
+    assert await asyncio.gather(*(value(n) for n in range(40))) == list(range(40))
+    assert spy.calls == ["get", "get_many"]  # the first read alone, the rest in one batch
+    assert cache.stats.backend_calls == calls + 3
+    assert value.stats.backend_calls == own_calls + 3
+
+
 def test_latency_percentiles_are_within_a_quarter_of_the_truth() -> None:
     from cachetier._core.stats import LatencyHistogram
 

@@ -108,7 +108,7 @@ class Engine:
         self.tags = tags = Tags(guard, keys)
         self.flights = flights = Flights(on_start=self.track, tags_hold=tags.hold)
         self.reader = reader = Reader(
-            guard, generation, self.journal, replay=_unwired, track=self.track
+            guard, generation, self.journal, self.stats, replay=_unwired, track=self.track
         )
         self.invalidations = invalidations = Invalidations(
             guard,

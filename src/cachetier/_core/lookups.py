@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextvars
 import math
 from collections.abc import Callable
-from time import perf_counter_ns
 from typing import Any, final
 
 from .._errors import BackendError
@@ -125,15 +124,12 @@ class Lookups:
             if value is not MISSING:
                 return Outcome.HIT, value
             seq = local.seq
-        started = perf_counter_ns() if self.guard.timing else 0
         try:
             data = await self.reader.get(full)
         except BackendError as exc:
             self.guard.failed("get", exc)
             count(Outcome.BACKEND_ERROR, full)
             return Outcome.BACKEND_ERROR, MISSING
-        if started:
-            self.stats.latency.record(perf_counter_ns() - started)
         if data is None:
             count(Outcome.MISS, full)
             return Outcome.MISS, MISSING

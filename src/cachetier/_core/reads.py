@@ -1,16 +1,19 @@
 """`Reader`: every read of entries from the backend — concurrent reads merged into as few round
-trips as possible, the generation fetched along, and the journal replayed first."""
+trips as possible, the generation fetched along, the journal replayed first, and each round
+trip timed once."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
+from time import perf_counter_ns
 from typing import Any, final
 
 from .._errors import BackendError
 from .generation import Generation
 from .guard import Guard
 from .journal import Journal
+from .stats import LatencyHistogram, StatsRecorder
 
 __all__ = ("Reader",)
 
@@ -38,6 +41,7 @@ class Reader:
         "journal",
         "reads",
         "replay",
+        "stats",
         "track",
     )
 
@@ -46,6 +50,7 @@ class Reader:
         guard: Guard,
         generation: Generation,
         journal: Journal,
+        stats: StatsRecorder,
         *,
         replay: Callable[[], Awaitable[None]],
         track: Callable[[asyncio.Task[Any]], None],
@@ -53,12 +58,15 @@ class Reader:
         self.guard = guard
         self.generation = generation
         self.journal = journal
+        # The cache's stats: each GET or MGET sent is one latency sample (`StatsRecorder.latency`
+        # is replaced by a reset, so it is looked up at each use).
+        self.stats = stats
         # Replays the invalidations the journal holds; asked before anything is read.
         self.replay = replay
         self.track = track
         # Reads to the backend under way, and the keys queued to go out together as one MGET.
         self.in_flight = 0
-        self.batch: list[tuple[str, _Read]] | None = None
+        self.batch: list[tuple[str, _Read, LatencyHistogram | None]] | None = None
         self.batch_loop: asyncio.AbstractEventLoop | None = None
         # Key -> the read under way that later readers of that key may join.
         self.reads: dict[str, _Read] = {}
@@ -78,7 +86,7 @@ class Reader:
         for key in keys:
             reads.pop(key, None)
 
-    async def get(self, full: str) -> bytes | None:
+    async def get(self, full: str, latency: LatencyHistogram | None = None) -> bytes | None:
         """GETs ``full``, merging concurrent reads into as few round trips as possible.
 
         Two merges, both invisible to callers. Readers of a key that is already being read
@@ -88,6 +96,11 @@ class Reader:
         two round trips instead of one per key (and one connection each). A read with nothing
         else in flight goes out at once, so a lone hit pays neither merge. Each waiter waits on
         a future of its own, so its cancellation cancels nothing else.
+
+        Each round trip is one latency sample, when the guard times reads: in the cache's stats,
+        and in ``latency`` (a decorated function's) if it was sent for this read. A read that
+        joins another's adds none; a batch's MGET adds one to the cache's stats and one to the
+        histogram of each function it read for.
         """
         guard = self.guard
         if not guard.merge_reads:
@@ -110,12 +123,13 @@ class Reader:
                 self.batch_loop = loop
                 loop.call_soon(self._send_batch)
             read = reads[full] = [loop]
-            batch.append((full, read))
+            batch.append((full, read, latency))
             return await self._wait_for(read, full, loop)
         own: _Read | None = None
         if read is None:
             own = reads[full] = [loop]
         self.in_flight += 1
+        started = perf_counter_ns() if guard.timing else 0
         try:
             data = await self.fetch_one(full)
         except BaseException as exc:
@@ -126,6 +140,11 @@ class Reader:
             raise
         finally:
             self.in_flight -= 1
+        if started:
+            elapsed = perf_counter_ns() - started
+            self.stats.latency.record(elapsed)
+            if latency is not None:
+                latency.record(elapsed)
         if own is not None:
             self._finish(full, own, data, None)
         breaker = guard.breaker
@@ -143,7 +162,11 @@ class Reader:
         except _ReadAbandoned:
             # The read this one waited for was cancelled before its answer came: read alone.
             self.guard.gate("GET")
-            return await self.fetch_one(full)
+            started = perf_counter_ns() if self.guard.timing else 0
+            data = await self.fetch_one(full)
+            if started:
+                self.stats.latency.record(perf_counter_ns() - started)
+            return data
 
     def _send_batch(self) -> None:
         """Sends the reads that queued during this turn of the event loop as one MGET."""
@@ -151,21 +174,27 @@ class Reader:
         if batch and loop is not None:
             self.track(loop.create_task(self._read_batch(batch)))
 
-    async def _read_batch(self, batch: list[tuple[str, _Read]]) -> None:
+    async def _read_batch(self, batch: list[tuple[str, _Read, LatencyHistogram | None]]) -> None:
         self.in_flight += 1
+        started = perf_counter_ns() if self.guard.timing else 0
         try:
-            values = await self.load_many([full for full, _ in batch])
+            values = await self.load_many([full for full, _, _ in batch])
         except BaseException as exc:
             # Each waiter's caller counts the failure for the breaker and logs it.
-            for full, read in batch:
+            for full, read, _ in batch:
                 self._finish(full, read, None, exc)
             if not isinstance(exc, (BackendError, asyncio.CancelledError)):
                 raise
             return
         finally:
             self.in_flight -= 1
+        if started:
+            elapsed = perf_counter_ns() - started
+            self.stats.latency.record(elapsed)
+            for histogram in {id(h): h for _, _, h in batch if h is not None}.values():
+                histogram.record(elapsed)
         # `load_many` told the breaker the backend answered.
-        for (full, read), data in zip(batch, values, strict=True):
+        for (full, read, _), data in zip(batch, values, strict=True):
             self._finish(full, read, data, None)
 
     def _finish(

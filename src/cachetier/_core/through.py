@@ -14,7 +14,6 @@ import random
 import struct
 import time
 from collections.abc import Callable, Mapping
-from time import perf_counter_ns
 from typing import Any, Final, final
 
 from .._errors import BackendError, SerializationError
@@ -139,9 +138,10 @@ class ReadThrough:
         local = self.local
         seq = 0 if local is None else local.seq
         read_failed = False
-        started = perf_counter_ns() if self.guard.timing else 0
         try:
-            data = await self.reader.get(full)
+            data = await self.reader.get(
+                full, None if function_stats is None else function_stats.latency
+            )
         except BackendError as exc:
             self.guard.failed("get", exc)
             self.reporter.count(Outcome.BACKEND_ERROR, full, function_stats)
@@ -149,8 +149,6 @@ class ReadThrough:
             # The backend just failed us: computing is enough, a write would wait on it again.
             read_failed = True
         else:
-            if started:
-                self._waited(perf_counter_ns() - started, function_stats)
             if data is None or (len(data) == LEASE_SIZE and data[:2] == LEASE_PREFIX):
                 # Absent, or leased by a computation under way (which will store it).
                 self.reporter.count(Outcome.MISS, full, function_stats)
@@ -228,11 +226,6 @@ class ReadThrough:
         self.reporter.count(outcome, full, function_stats)
         result = func(*args, **kwargs)
         return (await result) if inspect.isawaitable(result) else result
-
-    def _waited(self, nanoseconds: int, function_stats: StatsRecorder | None) -> None:
-        self.stats.latency.record(nanoseconds)
-        if function_stats is not None:
-            function_stats.latency.record(nanoseconds)
 
     def _tell_hit(self, full: str, function_stats: StatsRecorder | None) -> None:
         """Tells the read hooks of a hit, and the debug log; the hit is counted already."""
