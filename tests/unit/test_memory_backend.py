@@ -779,3 +779,53 @@ async def _run_against_lru_model(ops: list[tuple[str, str]]) -> None:
 def test_eviction_order_agrees_with_an_lru_model(ops: list[tuple[str, str]]) -> None:
     """With max_entries, the entry evicted is always the least recently read or written."""
     asyncio.run(_run_against_lru_model(ops))
+
+
+async def test_get_nowait_answers_as_get_does(backend: MemoryBackend, clock: FakeClock) -> None:
+    await backend.set("kept", b"v")
+    await backend.set("short", b"s", ttl=1.0)
+    assert backend.get_nowait("kept") == await backend.get("kept") == b"v"
+    assert backend.get_nowait("absent") is await backend.get("absent") is None
+    clock.advance(2.0)
+    assert backend.get_nowait("short") is None
+    assert backend.entry_count == 1  # the expired entry was reclaimed on the way
+
+
+class _AwaitedGetRefused(MemoryBackend):
+    """Counts the reads answered without a coroutine; an awaited `get` is a failure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nowait_reads = 0
+        self.awaited_reads = 0
+
+    async def get(self, key: str) -> bytes | None:
+        self.awaited_reads += 1
+        return await super().get(key)
+
+    def get_nowait(self, key: str) -> bytes | None:
+        self.nowait_reads += 1
+        return super().get_nowait(key)
+
+
+async def test_a_hit_on_an_in_process_backend_reads_it_without_a_coroutine() -> None:
+    from typing import Any
+
+    from cachetier import Cache
+
+    backend = _AwaitedGetRefused()
+    cache = Cache(backend, version_check_interval=3600)
+
+    @cache.cached()
+    async def document(n: int) -> dict[str, Any]:
+        return {"n": n}
+
+    await cache.set("k", [1, 2])
+    assert await document(1) == {"n": 1}  # a miss; the generation is read along
+    awaited, nowait = backend.awaited_reads, backend.nowait_reads
+    for _ in range(5):
+        assert await document(1) == {"n": 1}
+        assert await cache.get("k") == [1, 2]
+    assert backend.nowait_reads == nowait + 10
+    assert backend.awaited_reads == awaited
+    assert cache.stats.hits == 10

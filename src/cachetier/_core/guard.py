@@ -26,7 +26,16 @@ F = TypeVar("F")
 class Guard:
     """The backend of one `Cache` and the rules every call to it follows."""
 
-    __slots__ = ("backend", "breaker", "guarded", "log", "merge_reads", "strict", "timing")
+    __slots__ = (
+        "backend",
+        "breaker",
+        "guarded",
+        "log",
+        "merge_reads",
+        "nowait",
+        "strict",
+        "timing",
+    )
 
     def __init__(
         self, backend: Backend, breaker: CircuitBreaker, *, strict: bool, timing: bool
@@ -46,6 +55,10 @@ class Guard:
         self.merge_reads: bool = not getattr(backend, "in_process", False)
         # Latency is timed for backends that do I/O; an in-process one would only pay for it.
         self.timing: bool = self.merge_reads and timing
+        # An in-process backend's GET without a coroutine (`Reader.now`), when it offers one.
+        self.nowait: Callable[[str], bytes | None] | None = (
+            None if self.merge_reads else getattr(backend, "get_nowait", None)
+        )
         self.guarded: bool = isinstance(backend, GuardedBackend)
 
     def gate(self, command: str) -> None:

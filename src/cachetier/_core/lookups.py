@@ -15,7 +15,7 @@ from .entry import COUNTER, FRESH, FRESH_OFFSET, EntrySigner, Opened, examine, f
 from .generation import Generation
 from .guard import Guard
 from .local import LocalState
-from .reads import Reader
+from .reads import Later, Reader
 from .stats import Reporter
 from .tags import Tags
 
@@ -124,8 +124,15 @@ class Lookups:
             if value is not MISSING:
                 return Outcome.HIT, value
             seq = local.seq
+        reader = self.reader
         try:
-            data = await self.reader.get(full)
+            answer: bytes | Later | None = (
+                reader.now(full) if self.guard.nowait is not None else Later.LATER
+            )
+            if answer is Later.LATER:
+                data = await reader.get(full)
+            else:
+                data = answer
         except BackendError as exc:
             self.guard.failed("get", exc)
             count(Outcome.BACKEND_ERROR, full)

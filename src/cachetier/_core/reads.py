@@ -5,6 +5,7 @@ trip timed once."""
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Awaitable, Callable, Iterable
 from time import perf_counter_ns
 from typing import Any, final
@@ -16,6 +17,12 @@ from .journal import Journal
 from .stats import LatencyHistogram, StatsRecorder
 
 __all__ = ("Reader",)
+
+
+class Later(enum.Enum):
+    """What `Reader.now` answers when the read must be awaited (`Reader.get`)."""
+
+    LATER = enum.auto()
 
 
 class _ReadAbandoned(Exception):
@@ -85,6 +92,30 @@ class Reader:
         reads = self.reads
         for key in keys:
             reads.pop(key, None)
+
+    def now(self, full: str) -> bytes | Later | None:
+        """GETs ``full`` from an in-process backend without a coroutine, or returns `Later.LATER`
+        when the read must be awaited with `get` (the backend has no ``get_nowait``, the
+        journal waits for a replay, or the generation is due for a check).
+
+        Raises:
+            CircuitOpenError: the breaker is open.
+        """
+        nowait = self.guard.nowait
+        generation = self.generation
+        if (
+            nowait is None
+            or self.journal.pending
+            or generation.value is None
+            or generation.clock() >= generation.due
+        ):
+            return Later.LATER
+        guard = self.guard
+        guard.gate("GET")
+        data = nowait(full)
+        if guard.breaker.failures:
+            guard.breaker.succeeded()
+        return data
 
     async def get(self, full: str, latency: LatencyHistogram | None = None) -> bytes | None:
         """GETs ``full``, merging concurrent reads into as few round trips as possible.

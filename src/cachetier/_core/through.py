@@ -42,7 +42,7 @@ from .guard import Guard
 from .local import LocalState
 from .lock import compute_locked
 from .lookups import Lookups
-from .reads import Reader
+from .reads import Later, Reader
 from .singleflight import Flights
 from .spec import FetchSpec
 from .stats import ReadEvent, Reporter, StatsRecorder, debug_enabled
@@ -138,10 +138,17 @@ class ReadThrough:
         local = self.local
         seq = 0 if local is None else local.seq
         read_failed = False
+        reader = self.reader
         try:
-            data = await self.reader.get(
-                full, None if function_stats is None else function_stats.latency
+            answer: bytes | Later | None = (
+                reader.now(full) if self.guard.nowait is not None else Later.LATER
             )
+            if answer is Later.LATER:
+                data = await reader.get(
+                    full, None if function_stats is None else function_stats.latency
+                )
+            else:
+                data = answer
         except BackendError as exc:
             self.guard.failed("get", exc)
             self.reporter.count(Outcome.BACKEND_ERROR, full, function_stats)

@@ -25,7 +25,9 @@ class Backend(Protocol):
     At this level ``None`` means "absent", which is unambiguous because values are bytes.
 
     A backend whose calls never wait on I/O may set a class attribute ``in_process = True``;
-    the cache then skips merging concurrent reads of one key, which could not help.
+    the cache then skips merging concurrent reads of one key, which could not help. Such a
+    backend may also offer ``get_nowait(key)``, answering as ``get`` does without a coroutine:
+    the cache then reads it without one on a hit (added in 0.2).
     """
 
     @property

@@ -154,6 +154,10 @@ class MemoryBackend:
 
     async def get(self, key: str) -> bytes | None:
         """Returns the value of ``key``, or ``None`` when it is absent or expired."""
+        return self.get_nowait(key)
+
+    def get_nowait(self, key: str) -> bytes | None:
+        """`get` without a coroutine: the cache's hit path reads this way. Added in 0.2."""
         entry = self._lookup(key)
         if entry is None:
             return None

@@ -206,7 +206,8 @@ class _Lane:
         if transport is None:
             self.open()
             return
-        if not self.owner.current(cast("AbstractConnection", self.connection)):
+        current = self.owner.current
+        if current is not None and not current(cast("AbstractConnection", self.connection)):
             # To a demoted master: once its outstanding replies are in, retired and reopened.
             if not self.pending:
                 self.retire(dropped_connection("the held connection was closed"))
@@ -351,7 +352,8 @@ class _LoopLanes:
         lanes = self.lanes
         for lane in lanes:
             if lane.idle():
-                if self.current(cast("AbstractConnection", lane.connection)):
+                current = self.current
+                if current is None or current(lane.connection):  # type: ignore[arg-type]  # idle: connected
                     return lane
                 # To a demoted master: the pool checks its idle connections the same way
                 # before lending one. (One the server closed is retired as it closes.)
@@ -361,10 +363,6 @@ class _LoopLanes:
                 return lane
         lane = min(lanes, key=_Lane.load)
         return lane if lane.load() < DEPTH else None
-
-
-def _always_current(connection: AbstractConnection) -> bool:
-    return True
 
 
 @final
@@ -411,7 +409,7 @@ class HeldReads:
         options = pool.connection_kwargs
         self._timeout: float | None = options.get("socket_timeout")
         self._parser = make_parser(str(options.get("protocol")) == "3")
-        self._current: Callable[[AbstractConnection], bool] = _always_current
+        self._current: Callable[[AbstractConnection], bool] | None = None
         if sentinel:
 
             def current(connection: AbstractConnection) -> bool:
