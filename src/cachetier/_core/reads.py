@@ -143,11 +143,36 @@ class Reader:
         loop = asyncio.get_running_loop()
         reads = self.reads
         read = reads.get(full)
-        if read is not None and read[0] is loop:
-            return await self._wait_for(read, full, loop)
-        # Nothing to join (or another event loop reads this key: read without merging).
-        guard.gate("GET")
-        if read is None and self.in_flight and self.batch_loop in (None, loop):
+        if read is None or read[0] is not loop:
+            # Nothing to join (or another event loop reads this key: read without merging).
+            guard.gate("GET")
+            if read is not None or not self.in_flight or self.batch_loop not in (None, loop):
+                own: _Read | None = None
+                if read is None:
+                    own = reads[full] = [loop]
+                self.in_flight += 1
+                started = perf_counter_ns() if guard.timing else 0
+                try:
+                    data = await self.fetch_one(full)
+                except BaseException as exc:
+                    if not isinstance(exc, BackendError):
+                        guard.breaker.abandoned()
+                    if own is not None:
+                        self._finish(full, own, None, exc)
+                    raise
+                finally:
+                    self.in_flight -= 1
+                if started:
+                    elapsed = perf_counter_ns() - started
+                    self.stats.latency.record(elapsed)
+                    if latency is not None:
+                        latency.record(elapsed)
+                if own is not None:
+                    self._finish(full, own, data, None)
+                breaker = guard.breaker
+                if breaker.failures or breaker.open_until:
+                    breaker.succeeded()
+                return data
             batch = self.batch
             if batch is None:
                 batch = self.batch = []
@@ -155,45 +180,16 @@ class Reader:
                 loop.call_soon(self._send_batch)
             read = reads[full] = [loop]
             batch.append((full, read, latency))
-            return await self._wait_for(read, full, loop)
-        own: _Read | None = None
-        if read is None:
-            own = reads[full] = [loop]
-        self.in_flight += 1
-        started = perf_counter_ns() if guard.timing else 0
-        try:
-            data = await self.fetch_one(full)
-        except BaseException as exc:
-            if not isinstance(exc, BackendError):
-                guard.breaker.abandoned()
-            if own is not None:
-                self._finish(full, own, None, exc)
-            raise
-        finally:
-            self.in_flight -= 1
-        if started:
-            elapsed = perf_counter_ns() - started
-            self.stats.latency.record(elapsed)
-            if latency is not None:
-                latency.record(elapsed)
-        if own is not None:
-            self._finish(full, own, data, None)
-        breaker = guard.breaker
-        if breaker.failures or breaker.open_until:
-            breaker.succeeded()
-        return data
-
-    async def _wait_for(
-        self, read: _Read, full: str, loop: asyncio.AbstractEventLoop
-    ) -> bytes | None:
+        # Joined, or batched: waited for here, not in a coroutine of its own (one frame less
+        # for each of a burst's hundred readers).
         future: asyncio.Future[bytes | None] = loop.create_future()
         read.append(future)
         try:
             return await future
         except _ReadAbandoned:
             # The read this one waited for was cancelled before its answer came: read alone.
-            self.guard.gate("GET")
-            started = perf_counter_ns() if self.guard.timing else 0
+            guard.gate("GET")
+            started = perf_counter_ns() if guard.timing else 0
             data = await self.fetch_one(full)
             if started:
                 self.stats.latency.record(perf_counter_ns() - started)
