@@ -275,3 +275,26 @@ async def test_reads_under_way_when_aclose_runs_end_with_a_value_or_backend_erro
     for k, result in enumerate(results):
         assert result == value_of(k) or isinstance(result, BackendError), result
     await check_all(backend)
+
+
+@pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
+async def test_reads_parse_in_either_protocol_version(server: RedisServer, protocol: int) -> None:
+    """RESP3 answers an absent key with its own null type; both parsers must read it."""
+    await fill(server.url)
+    backend = RedisBackend.from_url(
+        f"{server.url}?protocol={protocol}", command_timeout=2.0, connect_timeout=2.0
+    )
+    assert isinstance(backend, RedisBackend)
+    try:
+        assert await backend.get(key(1)) == value_of(1)
+        assert await backend.get("pipe:absent") is None
+        assert await backend.get_many([key(2), "pipe:absent", key(7)]) == [
+            value_of(2),
+            None,
+            value_of(7),
+        ]
+        assert await asyncio.gather(
+            *(backend.get(key(k) if k % 3 else "pipe:absent") for k in range(KEYS))
+        ) == [value_of(k) if k % 3 else None for k in range(KEYS)]
+    finally:
+        await backend.aclose()
