@@ -829,3 +829,28 @@ async def test_a_hit_on_an_in_process_backend_reads_it_without_a_coroutine() -> 
     assert backend.nowait_reads == nowait + 10
     assert backend.awaited_reads == awaited
     assert cache.stats.hits == 10
+
+
+class _GetSpy(MemoryBackend):
+    """Overrides `get` only, as a test's spy or fault injector would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def get(self, key: str) -> bytes | None:
+        self.reads += 1
+        return await super().get(key)
+
+
+async def test_a_subclass_that_overrides_get_sees_every_hit() -> None:
+    from cachetier import Cache
+
+    backend = _GetSpy()
+    cache = Cache(backend, version_check_interval=3600)
+    await cache.set("k", 1)
+    assert await cache.get("k") == 1
+    reads = backend.reads
+    for _ in range(5):
+        assert await cache.get("k") == 1
+    assert backend.reads == reads + 5  # no hit skipped its get through get_nowait
