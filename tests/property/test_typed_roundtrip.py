@@ -81,7 +81,9 @@ def backend_factory(request: pytest.FixtureRequest) -> Iterator[Callable[[], Any
         yield MemoryBackend
     else:
         url = request.getfixturevalue("redis_url")
-        yield lambda: RedisBackend.from_url(url)
+        # Generous timeouts: this test is about types, and the default 100 ms command timeout
+        # failed a lease's SET NX open on a loaded CI machine (the second call then computed).
+        yield lambda: RedisBackend.from_url(url, command_timeout=2.0, connect_timeout=2.0)
 
 
 def run_roundtrip(
