@@ -70,12 +70,11 @@ def _drop(connection: AbstractConnection) -> None:
 class _Receiver(asyncio.Protocol):
     """The protocol of one held connection's transport: parses replies, hands them out in order."""
 
-    __slots__ = ("lane", "parser", "transport")
+    __slots__ = ("lane", "parser")
 
     def __init__(self, lane: _Lane, parser: Parser) -> None:
         self.lane = lane
         self.parser = parser
-        self.transport: asyncio.Transport | None = None
 
     def data_received(self, data: bytes) -> None:
         lane = self.lane
@@ -97,8 +96,8 @@ class _Receiver(asyncio.Protocol):
         except Exception as exc:  # noqa: BLE001  # bytes no parser reads, a reply nobody awaits
             lane.retire(exc)
             return
-        if not pending and lane.outbox and not lane.scheduled:
-            lane.schedule()
+        if not pending and lane.outbox:
+            lane.schedule()  # what waited for these replies (a demoted master's reopening)
 
     def eof_received(self) -> bool:
         return False  # the server closed its side: close ours too (then `connection_lost`)
@@ -158,9 +157,7 @@ class _Lane:
             self.written(waiter)
         else:
             self.outbox.append((command, waiter))
-            if not self.scheduled:
-                self.scheduled = True
-                self.loop.call_soon(self.flush)
+            self.schedule()
         return waiter
 
     def written(self, waiter: _Waiter) -> None:
@@ -240,7 +237,7 @@ class _Lane:
         connection = self.owner.make_connection()
         try:
             await connection.connect()  # type: ignore[no-untyped-call]  # redis-py leaves connect unannotated
-            receiver = self.take(connection)
+            receiver, transport = self.take(connection)
         except BaseException as exc:
             # Never reused half-made: a handshake cut short leaves replies unread.
             _drop(connection)
@@ -257,11 +254,10 @@ class _Lane:
             _fail([waiter for _, waiter in self.outbox], dropped_connection("the backend closed"))
             self.outbox = []
             return
-        self.connection, self.receiver = connection, receiver
-        self.transport = receiver.transport
+        self.connection, self.receiver, self.transport = connection, receiver, transport
         self.flush()
 
-    def take(self, connection: AbstractConnection) -> _Receiver:
+    def take(self, connection: AbstractConnection) -> tuple[_Receiver, asyncio.Transport]:
         """Moves ``connection``'s transport from redis-py's stream to a `_Receiver`."""
         reader, writer = connection._reader, connection._writer
         if reader is None or writer is None or reader.at_eof():
@@ -271,9 +267,8 @@ class _Lane:
             raise dropped_connection("the held connection had unread bytes")
         transport = cast("asyncio.Transport", writer.transport)
         receiver = _Receiver(self, self.owner.make_parser())
-        receiver.transport = transport
         transport.set_protocol(receiver)
-        return receiver
+        return receiver, transport
 
     def retire(self, exc: BaseException) -> None:
         """Closes the connection after ``exc``; fails the waiters whose commands it carried.
