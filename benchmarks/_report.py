@@ -180,7 +180,25 @@ def targets(
             text += f"; short string: {short:.2f}x (not judged)"
         return value, text
 
-    out = []
+    out: list[dict[str, str]] = []
+
+    def judge(target: str, measured: str, ok: bool | None) -> None:
+        out.append({"target": target, "measured": measured, "verdict": verdict(ok)})
+
+    def at_most(limit: float, value: float | None) -> bool | None:
+        return None if value is None else value <= limit
+
+    def rate_over(key: str, other: str, against: str) -> tuple[float | None, str]:
+        """``key``'s rate over ``other``'s: ``other``'s time over ``key``'s, round by round."""
+        mine, theirs = case("concurrent_hits", key), case("concurrent_hits", other)
+        value = theirs.ratio_to(mine) if theirs and mine else None
+        rate, peer_rate = _rate(mine), _rate(theirs)
+        if value is None or mine is None or theirs is None or not rate or not peer_rate:
+            return None, "n/a"
+        return value, (
+            f"{value:.2f}x the rate ({_iqr(theirs.ratio_spread(mine))}): {rate:,.0f} calls/s "
+            f"vs {peer_rate:,.0f} calls/s for {against}"
+        )
 
     against = "bare redis-py GET + orjson.loads"
     value, text = time_ratio(
@@ -193,29 +211,21 @@ def targets(
         text = f"-> dict[str, Any]: {text}"
         if model is not None:
             text += f"; -> pydantic Profile: {model:.2f}x (not judged)"
-    out.append(
-        {
-            "target": (
-                "Decorated hit on Redis: at most 0.80x a bare `await redis.get()` + JSON decode "
-                "of the same value (1 KB)"
-            ),
-            "measured": text,
-            "verdict": verdict(value <= 0.80 if value is not None else None),
-        }
+    judge(
+        "Decorated hit on Redis: at most 0.80x a bare `await redis.get()` + JSON decode of the "
+        "same value (1 KB)",
+        text,
+        at_most(0.80, value),
     )
 
     value, text = time_ratio(
         "redis_hit_doc", "redis.doc.cachetier_get", "redis.doc.bare_orjson", against
     )
-    out.append(
-        {
-            "target": (
-                "issue 17: cache.get on Redis at most 0.75x a bare `await redis.get()` + JSON "
-                "decode of the same value (1 KB)"
-            ),
-            "measured": text,
-            "verdict": verdict(value <= 0.75 if value is not None else None),
-        }
+    judge(
+        "issue 17: cache.get on Redis at most 0.75x a bare `await redis.get()` + JSON decode of "
+        "the same value (1 KB)",
+        text,
+        at_most(0.75, value),
     )
 
     value, text = time_ratio(
@@ -224,112 +234,65 @@ def targets(
         "memory.doc.aiocache",
         "aiocache @cached SimpleMemoryCache",
     )
-    out.append(
-        {
-            "target": (
-                "Decorated hit on the memory backend: at most 0.3x of aiocache's memory hit "
-                "for the same 1 KB document"
-            ),
-            "measured": text,
-            "verdict": verdict(value <= 0.3 if value is not None else None),
-        }
+    judge(
+        "Decorated hit on the memory backend: at most 0.3x of aiocache's memory hit for the "
+        "same 1 KB document",
+        text,
+        at_most(0.3, value),
     )
 
     value, text = local_ratio("tiered", "async_lru.alru_cache, 1 KB document")
-    out.append(
-        {
-            "target": (
-                "A hit in the process-local tier of the two-tier cache: within 1.5x of "
-                "async_lru's hit"
-            ),
-            "measured": text,
-            "verdict": verdict(value <= 1.5 if value is not None else None),
-        }
+    judge(
+        "A hit in the process-local tier of the two-tier cache: within 1.5x of async_lru's hit",
+        text,
+        at_most(1.5, value),
     )
 
-    conc, cashews = (
-        case("concurrent_hits", "concurrent.cachetier"),
-        case("concurrent_hits", "concurrent.cashews"),
-    )
-    # cashews' time over cachetier's, round by round, is cachetier's rate over cashews'.
-    value = cashews.ratio_to(conc) if cashews and conc else None
-    rate, peer_rate = _rate(conc), _rate(cashews)
-    out.append(
-        {
-            "target": "100 concurrent hits of one key: at least 1.5x cashews' rate in the same run",
-            "measured": (
-                f"{value:.2f}x ({_iqr(cashews.ratio_spread(conc))}): {rate:,.0f} calls/s vs "
-                f"{peer_rate:,.0f} calls/s for cashews"
-                if value is not None and cashews and conc and rate and peer_rate
-                else "n/a"
-            ),
-            "verdict": verdict(value >= 1.5 if value is not None else None),
-        }
+    value, text = rate_over("concurrent.cachetier", "concurrent.cashews", "cashews")
+    judge(
+        "100 concurrent hits of one key: at least 1.5x cashews' rate in the same run",
+        text,
+        None if value is None else value >= 1.5,
     )
 
-    distinct, pipe = (
-        case("concurrent_hits", "concurrent.cachetier_distinct"),
-        case("concurrent_hits", "concurrent.pipeline_distinct_orjson"),
+    value, text = rate_over(
+        "concurrent.cachetier_distinct",
+        "concurrent.pipeline_distinct_orjson",
+        "one 100-GET pipeline over 100 keys + orjson.loads",
     )
-    value = pipe.ratio_to(distinct) if pipe and distinct else None
-    rate, peer_rate = _rate(distinct), _rate(pipe)
-    out.append(
-        {
-            "target": (
-                "100 concurrent hits of distinct keys: at least one 100-GET pipeline + decode"
-            ),
-            "measured": (
-                f"{value:.2f}x the rate ({_iqr(pipe.ratio_spread(distinct))}): {rate:,.0f} "
-                f"calls/s vs {peer_rate:,.0f} calls/s for one 100-GET pipeline over 100 keys "
-                "+ orjson.loads"
-                if value is not None and pipe and distinct and rate and peer_rate
-                else "n/a"
-            ),
-            "verdict": verdict(value >= 1.0 if value is not None else None),
-        }
+    judge(
+        "100 concurrent hits of distinct keys: at least one 100-GET pipeline + decode",
+        text,
+        None if value is None else value >= 1.0,
     )
 
     value, text = local_ratio("embedded", "async_lru.alru_cache, 1 KB document")
-    out.append(
-        {
-            "target": (
-                "The embedded default with a local tier (no Redis) serves decoded objects "
-                "within 1.5x of async-lru"
-            ),
-            "measured": text,
-            "verdict": verdict(value <= 1.5 if value is not None else None),
-        }
+    judge(
+        "The embedded default with a local tier (no Redis) serves decoded objects within 1.5x "
+        "of async-lru",
+        text,
+        at_most(1.5, value),
     )
 
-    one = next((r for r in stampede if r["case"] == "cachetier @cached (default)"), None)
-    fetches = one.get("fetches") if one else None
-    out.append(
-        {
-            "target": "1,000 concurrent misses of one key: one fetch in one process",
-            "measured": (
-                f"{fetches} fetch(es), {one['commands']} Redis commands"
-                if one and fetches is not None
-                else "n/a"
-            ),
-            "verdict": verdict(fetches == 1 if fetches is not None else None),
-        }
-    )
-    multi = next((r for r in stampede if r["library"] == "cachetier" and r["processes"] > 1), None)
-    fetches = multi.get("fetches") if multi else None
-    out.append(
-        {
-            "target": (
-                "1,000 concurrent misses of one key: one fetch across 4 processes with "
-                "`lock=True`, with at most a few dozen Redis commands spent waiting"
-            ),
-            "measured": (
-                f"{fetches} fetch(es), {multi['commands']} Redis commands"
-                if multi and fetches is not None
-                else "n/a"
-            ),
-            "verdict": verdict(fetches == 1 if fetches is not None else None),
-        }
-    )
+    for target, row in (
+        (
+            "1,000 concurrent misses of one key: one fetch in one process",
+            next((r for r in stampede if r["case"] == "cachetier @cached (default)"), None),
+        ),
+        (
+            "1,000 concurrent misses of one key: one fetch across 4 processes with `lock=True`, "
+            "with at most a few dozen Redis commands spent waiting",
+            next((r for r in stampede if r["library"] == "cachetier" and r["processes"] > 1), None),
+        ),
+    ):
+        fetches = row.get("fetches") if row else None
+        judge(
+            target,
+            f"{fetches} fetch(es), {row['commands']} Redis commands"
+            if row and fetches is not None
+            else "n/a",
+            None if fetches is None else fetches == 1,
+        )
 
     bare, down = case("redis_down", "down.bare"), case("redis_down", "down.cachetier")
     delta = (
@@ -337,43 +300,26 @@ def targets(
         if down and bare and down.median_ns and bare.median_ns
         else None
     )
-    out.append(
-        {
-            "target": (
-                "Redis down, breaker open: a decorated call costs the bare function plus at "
-                "most 5 µs"
-            ),
-            "measured": (
-                f"+{delta / 1000:,.1f} µs per call ({breaker})" if delta is not None else "n/a"
-            ),
-            "verdict": verdict(delta <= 5000 if delta is not None else None),
-        }
+    judge(
+        "Redis down, breaker open: a decorated call costs the bare function plus at most 5 µs",
+        f"+{delta / 1000:,.1f} µs per call ({breaker})" if delta is not None else "n/a",
+        at_most(5000, delta),
     )
 
     many = case("get_many", "many.cachetier")
     commands = many.extra.get("redis_commands") if many else None
-    out.append(
-        {
-            "target": "Reading N keys costs one round trip, not N",
-            "measured": f"get_many(100) sent {commands} command(s)" if commands else "n/a",
-            "verdict": verdict(commands == 1 if commands else None),
-        }
+    judge(
+        "Reading N keys costs one round trip, not N",
+        f"get_many(100) sent {commands} command(s)" if commands else "n/a",
+        commands == 1 if commands else None,
     )
 
     if overhead and "with_ttl" in overhead:
-        worst = max(overhead["with_ttl"], overhead["without_ttl"])
-        out.append(
-            {
-                "target": (
-                    "A small entry in the memory backend costs at most 200 bytes beyond its key "
-                    "and value"
-                ),
-                "measured": (
-                    f"{overhead['with_ttl']} B with a TTL, {overhead['without_ttl']} B without "
-                    "(tracemalloc, key and value objects excluded)"
-                ),
-                "verdict": verdict(worst <= 200),
-            }
+        judge(
+            "A small entry in the memory backend costs at most 200 bytes beyond its key and value",
+            f"{overhead['with_ttl']} B with a TTL, {overhead['without_ttl']} B without "
+            "(tracemalloc, key and value objects excluded)",
+            max(overhead["with_ttl"], overhead["without_ttl"]) <= 200,
         )
     return out
 
