@@ -391,8 +391,9 @@ def render(report: dict[str, Any], env: dict[str, Any], *, markdown: bool) -> st
     method = (
         f"{settings['rounds']} rounds of ~{settings['round_seconds'] * 1000:.0f} ms per case "
         f"after warm-up, each cut into {settings['slices']} batches alternating between the "
-        f"cases in random order; median of per-round means; ratios are medians of same-round ratios; p99 of "
-        f"individually timed calls"
+        f"cases in random order, with what the process imported frozen out of the garbage "
+        f"collector's reach (gc.freeze); median of per-round means; ratios are medians of "
+        f"same-round ratios; p99 of individually timed calls"
         f"{' (--quick)' if env['quick'] else ''}."
     )
     load = report["load_average"]
