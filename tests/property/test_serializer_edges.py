@@ -181,6 +181,49 @@ async def test_cache_returns_nan_as_nan_not_none() -> None:
         assert math.isnan(hit)
 
 
+@pytest.mark.parametrize("name", _params("orjson", "stdlib-json"))
+async def test_functions_declared_float_or_dict_read_back_non_finite_floats(name: str) -> None:
+    # A plain declared type decodes with orjson's own function when it can (no validation to
+    # add); orjson refuses the NaN tokens, which must still reach the serializer that reads them.
+    async with Cache(MemoryBackend(), serializer=PLAIN[name]) as cache:
+
+        @cache.cached(ttl=60)
+        async def rate(campaign: int) -> float:
+            return math.nan
+
+        @cache.cached(ttl=60)
+        async def summary(campaign: int) -> dict[str, Any]:
+            return {"mean": math.inf, "samples": [-math.inf, 1.5]}
+
+        for _ in range(2):
+            assert math.isnan(await rate(1))
+            assert await summary(1) == {"mean": math.inf, "samples": [-math.inf, 1.5]}
+        assert (cache.stats.hits, cache.stats.decode_errors) == (2, 0)
+
+
+async def test_a_json_serializer_subclass_that_decodes_its_own_way_is_used_on_every_hit() -> None:
+    class Enveloped(JsonSerializer):
+        def dumps(self, value: object) -> bytes:
+            return super().dumps({"v": value})
+
+        def loads(self, data: bytes) -> object:
+            value = super().loads(data)
+            assert isinstance(value, dict)
+            return value["v"]
+
+    serializer = Enveloped()
+    assert serializer.fast_loads is None
+    async with Cache(MemoryBackend(), serializer=serializer) as cache:
+
+        @cache.cached(ttl=60)
+        async def profile(user: int) -> dict[str, Any]:
+            return {"id": user}
+
+        assert await profile(7) == {"id": 7}
+        assert await profile(7) == {"id": 7}
+        assert (cache.stats.hits, cache.stats.decode_errors) == (1, 0)
+
+
 # --- nesting deeper than the parsers go -------------------------------------------------------
 
 
