@@ -16,7 +16,11 @@ async def cache(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator
     if request.param == "memory":
         backend: MemoryBackend | RedisBackend = MemoryBackend()
     else:
-        backend = RedisBackend.from_url(request.getfixturevalue("redis_url"))
+        # Timeouts a loaded CI machine does not trip: these tests are about the frameworks, and
+        # a read that timed out is served as a miss (fail-open), which they would misread.
+        backend = RedisBackend.from_url(
+            request.getfixturevalue("redis_url"), connect_timeout=2.0, command_timeout=2.0
+        )
     cache = Cache(backend, namespace=namespace)
     yield cache
     await cache.clear()

@@ -19,7 +19,10 @@ async def test_cache_round_trip_over_a_unix_socket(tmp_path: Path) -> None:
     socket_path = tmp_path / "redis.sock"
     with running_redis(tmp_path, "--unixsocket", str(socket_path), "--unixsocketperm", "700"):
         async with Cache(
-            RedisBackend.from_url(f"unix://{socket_path}?db=2"), namespace="unix"
+            RedisBackend.from_url(
+                f"unix://{socket_path}?db=2", connect_timeout=2.0, command_timeout=2.0
+            ),
+            namespace="unix",
         ) as cache:
             assert await cache.set("k", {"via": "socket"}) is True
             assert await cache.get("k") == {"via": "socket"}
