@@ -5,6 +5,7 @@ trip timed once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 from collections.abc import Awaitable, Callable, Iterable
 from time import perf_counter_ns
@@ -140,16 +141,20 @@ class Reader:
             if guard.breaker.failures:
                 guard.breaker.succeeded()
             return data
-        loop = asyncio.get_running_loop()
         reads = self.reads
         read = reads.get(full)
-        if read is None or read[0] is not loop:
-            # Nothing to join (or another event loop reads this key: read without merging).
+        if read is not None:
+            # Joined. The read's loop is taken to be this one, which spares each reader of a
+            # burst `asyncio.get_running_loop()` (a getpid() system call before Python 3.12); a
+            # reader on another loop learns otherwise at its await, where asyncio refuses a
+            # future of another loop, and reads alone.
+            loop: asyncio.AbstractEventLoop = read[0]
+        else:
+            loop = asyncio.get_running_loop()
             guard.gate("GET")
-            if read is not None or not self.in_flight or self.batch_loop not in (None, loop):
-                own: _Read | None = None
-                if read is None:
-                    own = reads[full] = [loop]
+            if not self.in_flight or self.batch_loop not in (None, loop):
+                # Nothing else in flight: read at once, for any reader that comes meanwhile.
+                own = reads[full] = [loop]
                 self.in_flight += 1
                 started = perf_counter_ns() if guard.timing else 0
                 try:
@@ -157,8 +162,7 @@ class Reader:
                 except BaseException as exc:
                     if not isinstance(exc, BackendError):
                         guard.breaker.abandoned()
-                    if own is not None:
-                        self._finish(full, own, None, exc)
+                    self._finish(full, own, None, exc)
                     raise
                 finally:
                     self.in_flight -= 1
@@ -167,8 +171,7 @@ class Reader:
                     self.stats.latency.record(elapsed)
                     if latency is not None:
                         latency.record(elapsed)
-                if own is not None:
-                    self._finish(full, own, data, None)
+                self._finish(full, own, data, None)
                 breaker = guard.breaker
                 if breaker.failures or breaker.open_until:
                     breaker.succeeded()
@@ -187,13 +190,40 @@ class Reader:
         try:
             return await future
         except _ReadAbandoned:
-            # The read this one waited for was cancelled before its answer came: read alone.
-            guard.gate("GET")
-            started = perf_counter_ns() if guard.timing else 0
+            # The read this one waited for was cancelled before its answer came.
+            return await self._alone(full, latency)
+        except RuntimeError:
+            if asyncio.get_running_loop() is loop:
+                raise
+            # The read belongs to another event loop (another thread's, or one that closed
+            # under it, which no reader may join again).
+            with contextlib.suppress(ValueError):
+                read.remove(future)
+            if loop.is_closed() and reads.get(full) is read:
+                del reads[full]
+            return await self._alone(full, latency)
+
+    async def _alone(self, full: str, latency: LatencyHistogram | None) -> bytes | None:
+        """GETs ``full`` for a reader the merged read it waited for could not answer."""
+        guard = self.guard
+        guard.gate("GET")
+        self.in_flight += 1
+        started = perf_counter_ns() if guard.timing else 0
+        try:
             data = await self.fetch_one(full)
-            if started:
-                self.stats.latency.record(perf_counter_ns() - started)
-            return data
+        except BaseException as exc:
+            if not isinstance(exc, BackendError):
+                guard.breaker.abandoned()
+            raise
+        finally:
+            self.in_flight -= 1
+        if started:
+            elapsed = perf_counter_ns() - started
+            self.stats.latency.record(elapsed)
+            if latency is not None:
+                latency.record(elapsed)
+        guard.succeeded()
+        return data
 
     def _send_batch(self) -> None:
         """Sends the reads that queued during this turn of the event loop as one MGET."""
