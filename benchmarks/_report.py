@@ -10,6 +10,9 @@ from typing import Any
 from _common import BENCH_DIR, REDIS_DB, REDIS_HOST, REDIS_PORT
 from _harness import Case, Section, Settings
 
+# The commands every new connection sends before any work (redis-py's handshake).
+_CONNECTION_SETUP = ("AUTH", "HELLO", "CLIENT", "SELECT")
+
 
 def us(ns: float | None) -> str:
     if ns is None:
@@ -274,25 +277,32 @@ def targets(
         at_most(1.5, value),
     )
 
-    for target, row in (
-        (
-            "1,000 concurrent misses of one key: one fetch in one process",
-            next((r for r in stampede if r["case"] == "cachetier @cached (default)"), None),
-        ),
-        (
-            "1,000 concurrent misses of one key: one fetch across 4 processes with `lock=True`, "
-            "with at most a few dozen Redis commands spent waiting",
-            next((r for r in stampede if r["library"] == "cachetier" and r["processes"] > 1), None),
-        ),
-    ):
-        fetches = row.get("fetches") if row else None
-        judge(
-            target,
-            f"{fetches} fetch(es), {row['commands']} Redis commands"
-            if row and fetches is not None
-            else "n/a",
-            None if fetches is None else fetches == 1,
-        )
+    row = next((r for r in stampede if r["case"] == "cachetier @cached (default)"), None)
+    fetches = row.get("fetches") if row else None
+    judge(
+        "1,000 concurrent misses of one key: one fetch in one process",
+        f"{fetches} fetch(es), {row['commands']} Redis commands"
+        if row and fetches is not None
+        else "n/a",
+        None if fetches is None else fetches == 1,
+    )
+    row = next((r for r in stampede if r["library"] == "cachetier" and r["processes"] > 1), None)
+    fetches = row.get("fetches") if row else None
+    # What the processes spent on the miss: every command but each connection's set-up.
+    waiting = (
+        row["commands"] - sum(row.get("by_command", {}).get(c, 0) for c in _CONNECTION_SETUP)
+        if row and fetches is not None
+        else None
+    )
+    judge(
+        "1,000 concurrent misses of one key: one fetch across 4 processes with `lock=True`, "
+        "with at most a few dozen Redis commands spent waiting",
+        f"{fetches} fetch(es); {waiting} Redis commands beyond connection set-up (at most 36 "
+        f"judged a few dozen), {row['commands']} in all"
+        if row and waiting is not None
+        else "n/a",
+        None if waiting is None else fetches == 1 and waiting <= 36,
+    )
 
     bare, down = case("redis_down", "down.bare"), case("redis_down", "down.cachetier")
     delta = (
