@@ -125,7 +125,13 @@ def untrusting_ca(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
 async def test_tls_round_trip_with_the_ca_that_signed_the_server(
     tls_redis: TlsRedisServer, namespace: str
 ) -> None:
-    backend = RedisBackend.from_url(tls_redis.url, ssl_ca_certs=str(tls_redis.files.ca_cert))
+    # Timeouts a loaded CI machine does not trip: this test is about TLS, and it is strict.
+    backend = RedisBackend.from_url(
+        tls_redis.url,
+        ssl_ca_certs=str(tls_redis.files.ca_cert),
+        connect_timeout=2.0,
+        command_timeout=2.0,
+    )
     runs = 0
     async with Cache(backend, namespace=namespace, strict=True) as cache:
 
@@ -205,7 +211,10 @@ def _acl_url(server: RedisServer, password: str) -> str:
 
 @pytest.fixture
 async def acl_cache(acl_redis: RedisServer) -> AsyncIterator[Cache]:
-    backend = RedisBackend.from_url(_acl_url(acl_redis, ACL_PASSWORD))
+    # Timeouts a loaded CI machine does not trip: its tests count backend errors and logs.
+    backend = RedisBackend.from_url(
+        _acl_url(acl_redis, ACL_PASSWORD), connect_timeout=2.0, command_timeout=2.0
+    )
     async with Cache(backend, namespace=NAMESPACE) as cache:
         yield cache
         await cache.clear()
