@@ -47,13 +47,26 @@ def base_env() -> dict[str, str]:
 @pytest.fixture
 def cli_env(base_env: dict[str, str], redis_url: str, namespace: str) -> dict[str, str]:
     """Settings pointing the command at the test Redis, in this test's namespace."""
-    return {**base_env, "REDIS_URL": redis_url, "CACHE_NAMESPACE": namespace}
+    # Timeouts a loaded CI machine does not trip: these tests are about the command, not about
+    # timeouts (`test_server_that_never_answers_fails_within_the_timeouts` keeps the defaults).
+    return {
+        **base_env,
+        "REDIS_URL": redis_url,
+        "CACHE_NAMESPACE": namespace,
+        "CACHE_CONNECT_TIMEOUT": "2",
+        "CACHE_COMMAND_TIMEOUT": "2",
+    }
+
+
+def _patient(redis_url: str) -> RedisBackend:
+    """The test's own view of the server, with the same timeouts as `cli_env`."""
+    return RedisBackend.from_url(redis_url, connect_timeout=2.0, command_timeout=2.0)
 
 
 @pytest.fixture
 async def cache(redis_url: str, namespace: str) -> AsyncIterator[Cache]:
     """The cache the command should see: same server, namespace and version."""
-    cache = Cache(RedisBackend.from_url(redis_url), namespace=namespace)
+    cache = Cache(_patient(redis_url), namespace=namespace)
     yield cache
     await cache.clear()
     # `clear` keeps the generation counter on purpose; the test's namespace is gone with it.
@@ -205,7 +218,7 @@ async def test_keys_lists_relative_keys_of_the_namespace_only(
     cli_env: dict[str, str], tmp_path: Path, cache: Cache, redis_url: str, namespace: str
 ) -> None:
     await cache.set_many({"user:1": 1, "user:2": 2, "order:1": 3})
-    async with Cache(RedisBackend.from_url(redis_url), namespace=namespace + "x") as other:
+    async with Cache(_patient(redis_url), namespace=namespace + "x") as other:
         await other.set("user:3", 3)
         try:
             result = await run_cli("keys", "user:*", env=cli_env, cwd=tmp_path)
@@ -431,9 +444,7 @@ async def test_bump_version_makes_earlier_entries_misses_for_every_reader(
     await cache.set_many({"user:1": 1, "user:2": 2})
     # A running reader that checks the generation on every read; with the default interval
     # it would notice within 0.25 s.
-    async with Cache(
-        RedisBackend.from_url(redis_url), namespace=namespace, version_check_interval=0
-    ) as reader:
+    async with Cache(_patient(redis_url), namespace=namespace, version_check_interval=0) as reader:
         assert await reader.get("user:1") == 1
 
         raw = await cache.backend.get(cache.keys.generation_key())
@@ -445,7 +456,7 @@ async def test_bump_version_makes_earlier_entries_misses_for_every_reader(
 
         assert await reader.get("user:1") is None
         # A cache created afterwards learns the generation on its first read.
-        async with Cache(RedisBackend.from_url(redis_url), namespace=namespace) as newcomer:
+        async with Cache(_patient(redis_url), namespace=namespace) as newcomer:
             assert await newcomer.get_many(["user:1", "user:2"]) == {}
             await newcomer.set("user:1", "after the bump")
         assert await reader.get("user:1") == "after the bump"
@@ -467,7 +478,7 @@ async def test_bump_version_dry_run_prints_the_generation_and_changes_nothing(
     assert result.code == 0, result.stderr
     assert result.stdout.strip() == f"{namespace}:v1 is at generation {generation}"
     assert f"would bump it to generation {generation + 1}" in result.stderr
-    async with Cache(RedisBackend.from_url(redis_url), namespace=namespace) as newcomer:
+    async with Cache(_patient(redis_url), namespace=namespace) as newcomer:
         assert await newcomer.get("user:1") == 1
 
 
@@ -475,7 +486,7 @@ async def test_bump_version_dry_run_prints_the_generation_and_changes_nothing(
 async def test_namespace_and_version_options_override_the_settings(
     cli_env: dict[str, str], tmp_path: Path, redis_url: str, namespace: str
 ) -> None:
-    async with Cache(RedisBackend.from_url(redis_url), namespace=namespace, version="v9") as cache:
+    async with Cache(_patient(redis_url), namespace=namespace, version="v9") as cache:
         await cache.set("k", "v9 value")
         try:
             env = {**cli_env, "CACHE_NAMESPACE": "elsewhere"}
