@@ -141,14 +141,20 @@ class Reader:
             if guard.breaker.failures:
                 guard.breaker.succeeded()
             return data
+        # A reader that joins a read, or a batch, takes its loop to be this one: that spares
+        # each reader of a burst `asyncio.get_running_loop()` (a getpid() system call before
+        # Python 3.12). A reader on another loop learns otherwise at its await, where asyncio
+        # refuses a future of another loop, and reads alone.
         reads = self.reads
         read = reads.get(full)
+        loop: asyncio.AbstractEventLoop
         if read is not None:
-            # Joined. The read's loop is taken to be this one, which spares each reader of a
-            # burst `asyncio.get_running_loop()` (a getpid() system call before Python 3.12); a
-            # reader on another loop learns otherwise at its await, where asyncio refuses a
-            # future of another loop, and reads alone.
-            loop: asyncio.AbstractEventLoop = read[0]
+            loop = read[0]
+        elif self.batch is not None and self.in_flight and self.batch_loop is not None:
+            guard.gate("GET")
+            loop = self.batch_loop
+            read = reads[full] = [loop]
+            self.batch.append((full, read, latency))
         else:
             loop = asyncio.get_running_loop()
             guard.gate("GET")
@@ -195,12 +201,15 @@ class Reader:
         except RuntimeError:
             if asyncio.get_running_loop() is loop:
                 raise
-            # The read belongs to another event loop (another thread's, or one that closed
-            # under it, which no reader may join again).
+            # The read (or batch) belongs to another event loop: another thread's, or one that
+            # closed under it, which no reader may join again.
             with contextlib.suppress(ValueError):
                 read.remove(future)
-            if loop.is_closed() and reads.get(full) is read:
-                del reads[full]
+            if loop.is_closed():
+                if reads.get(full) is read:
+                    del reads[full]
+                if self.batch_loop is loop:
+                    self.batch = self.batch_loop = None
             return await self._alone(full, latency)
 
     async def _alone(self, full: str, latency: LatencyHistogram | None) -> bytes | None:
