@@ -161,27 +161,7 @@ class Reader:
             if not self.in_flight or self.batch_loop not in (None, loop):
                 # Nothing else in flight: read at once, for any reader that comes meanwhile.
                 own = reads[full] = [loop]
-                self.in_flight += 1
-                started = perf_counter_ns() if guard.timing else 0
-                try:
-                    data = await self.fetch_one(full)
-                except BaseException as exc:
-                    if not isinstance(exc, BackendError):
-                        guard.breaker.abandoned()
-                    self._finish(full, own, None, exc)
-                    raise
-                finally:
-                    self.in_flight -= 1
-                if started:
-                    elapsed = perf_counter_ns() - started
-                    self.stats.latency.record(elapsed)
-                    if latency is not None:
-                        latency.record(elapsed)
-                self._finish(full, own, data, None)
-                breaker = guard.breaker
-                if breaker.failures or breaker.open_until:
-                    breaker.succeeded()
-                return data
+                return await self._read(full, latency, own)
             batch = self.batch
             if batch is None:
                 batch = self.batch = []
@@ -197,7 +177,8 @@ class Reader:
             return await future
         except _ReadAbandoned:
             # The read this one waited for was cancelled before its answer came.
-            return await self._alone(full, latency)
+            guard.gate("GET")
+            return await self._read(full, latency, None)
         except RuntimeError:
             if asyncio.get_running_loop() is loop:
                 raise
@@ -210,12 +191,16 @@ class Reader:
                     del reads[full]
                 if self.batch_loop is loop:
                     self.batch = self.batch_loop = None
-            return await self._alone(full, latency)
+            guard.gate("GET")
+            return await self._read(full, latency, None)
 
-    async def _alone(self, full: str, latency: LatencyHistogram | None) -> bytes | None:
-        """GETs ``full`` for a reader the merged read it waited for could not answer."""
+    async def _read(
+        self, full: str, latency: LatencyHistogram | None, own: _Read | None
+    ) -> bytes | None:
+        """GETs ``full`` for one reader, past the breaker's gate; answers the readers that
+        joined ``own`` too, when it was listed for joining (a read alone, after a merged read
+        that could not answer, is not)."""
         guard = self.guard
-        guard.gate("GET")
         self.in_flight += 1
         started = perf_counter_ns() if guard.timing else 0
         try:
@@ -223,6 +208,8 @@ class Reader:
         except BaseException as exc:
             if not isinstance(exc, BackendError):
                 guard.breaker.abandoned()
+            if own is not None:
+                self._finish(full, own, None, exc)
             raise
         finally:
             self.in_flight -= 1
@@ -231,7 +218,11 @@ class Reader:
             self.stats.latency.record(elapsed)
             if latency is not None:
                 latency.record(elapsed)
-        guard.succeeded()
+        if own is not None:
+            self._finish(full, own, data, None)
+        breaker = guard.breaker
+        if breaker.failures or breaker.open_until:
+            breaker.succeeded()
         return data
 
     def _send_batch(self) -> None:
