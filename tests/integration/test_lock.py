@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -142,7 +142,7 @@ async def test_killed_holder_process_blocks_others_only_until_lock_expiry(
 
 
 async def test_waiters_are_woken_when_the_value_lands_not_by_polling(
-    cache: Cache, redis_url: str
+    cache: Cache, redis_url: str, raw: redis_asyncio.Redis
 ) -> None:
     other = Cache(RedisBackend.from_url(redis_url, command_timeout=2.0), namespace=cache.namespace)
     release = asyncio.Event()
@@ -152,17 +152,33 @@ async def test_waiters_are_woken_when_the_value_lands_not_by_polling(
         return "ready"
 
     # lock_ttl=60 makes the fallback re-check every 15 s; a prompt answer proves the wake-up.
-    holder = asyncio.create_task(cache.get_or_set("k", slow, lock=True, lock_ttl=60))
-    await asyncio.sleep(0.1)
-    waiter = asyncio.create_task(other.get_or_set("k", lambda: "never", lock=True, lock_ttl=60))
-    await asyncio.sleep(0.1)
-    release.set()
-    started = time.monotonic()
-    assert await asyncio.wait_for(waiter, 2) == "ready"
-    assert time.monotonic() - started < 0.5
-    assert await holder == "ready"
-    assert other.stats.lock_waits == 1
-    await other.aclose()
+    try:
+        holder = asyncio.create_task(cache.get_or_set("k", slow, lock=True, lock_ttl=60))
+        lock_name = cache.keys.lock_key(cache.keys.full("k"))
+        while not await raw.exists(lock_name):
+            await asyncio.sleep(0.005)
+        waiter = asyncio.create_task(
+            other.get_or_set("k", lambda: "never", lock=True, lock_ttl=60)
+        )
+        # Released only once the waiter is known to wait: a fixed sleep lost that race on a
+        # loaded CI machine, where the waiter's first read answered after the value landed.
+        await _until(lambda: other.stats.lock_waits == 1)
+        release.set()
+        started = time.monotonic()
+        assert await asyncio.wait_for(waiter, 2) == "ready"
+        assert time.monotonic() - started < 0.5
+        assert await holder == "ready"
+        assert other.stats.lock_waits == 1
+    finally:
+        release.set()
+        await other.aclose()
+
+
+async def _until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
 
 
 async def test_lock_timeout_raises_when_asked(cache: Cache, raw: redis_asyncio.Redis) -> None:
