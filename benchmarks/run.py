@@ -37,6 +37,7 @@ from typing import Any
 
 import _common
 from _common import (
+    BENCH_DIR,
     DOCUMENT,
     DOWN_URL,
     PROFILE,
@@ -675,6 +676,178 @@ async def concurrent_hits(world: World) -> Section:
     )
 
 
+class Cluster:
+    """A private Redis Cluster of three primaries (the test suite's), started on first use."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.url: str | None = None
+        self.raw: Any = None
+        self.held: Any = None
+        self.pooled: Any = None
+
+    async def start(self) -> None:
+        if self.url is not None:
+            return
+        import tempfile
+
+        from redis.asyncio.cluster import RedisCluster
+
+        from cachetier import Cache
+        from cachetier.backends.redis import RedisBackend
+
+        root = str(BENCH_DIR.parent)
+        if root not in sys.path:
+            sys.path.append(root)  # the suite's server helpers: one way to start a cluster
+        from tests.servers import running_cluster
+
+        stack = self.world.stack
+        directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-cluster")))
+        servers = stack.enter_context(running_cluster(directory))
+        self.url = servers.url
+        self.raw = RedisCluster(host="127.0.0.1", port=servers.ports[0])
+        await self.raw.initialize()
+        stack.push_async_callback(self.raw.aclose)
+        self.held = Cache(RedisBackend.from_url(self.url), namespace="bench")
+        stack.push_async_callback(self.held.aclose)
+        # A health check interval keeps reads on the cluster client's per-command path: the
+        # path every cluster read took before issue 17's held reads.
+        self.pooled = Cache(
+            RedisBackend.from_url(self.url, health_check_interval=3600), namespace="bench-pooled"
+        )
+        stack.push_async_callback(self.pooled.aclose)
+        if getattr(self.held.backend, "_reads", None) is None:
+            raise RuntimeError("the cluster backend does not hold its reads")
+
+
+async def cluster_hits(world: World, cluster: Cluster) -> Section:
+    import orjson
+
+    await cluster.start()
+    raw = cluster.raw
+    raw_key = "bench:raw:doc"
+    await raw.set(raw_key, orjson.dumps(DOCUMENT))
+    get, loads = raw.get, orjson.loads
+
+    async def bare() -> object:
+        return loads(await get(raw_key))
+
+    async def cache_get(cache: Any) -> Call:
+        await cache.set("profile:doc", DOCUMENT, ttl=HIT_TTL)
+        return functools.partial(cache.get, "profile:doc")
+
+    cases = [
+        Case("cluster.bare_orjson", "bare redis-py RedisCluster.get + orjson.loads", bare),
+        await world.case(
+            "cluster.cachetier",
+            "cachetier @cached -> dict[str, Any]",
+            lambda: world.cachetier_cached(
+                cluster.held, "ct_cluster_doc", DOCUMENT, dict[str, Any]
+            ),
+            peer="cluster.cachetier_pooled",
+        ),
+        await world.case(
+            "cluster.cachetier_get",
+            "cachetier cache.get",
+            lambda: cache_get(cluster.held),
+            peer="cluster.cachetier_get_pooled",
+        ),
+        await world.case(
+            "cluster.cachetier_pooled",
+            "cachetier @cached -> dict[str, Any], through the cluster client",
+            lambda: world.cachetier_cached(
+                cluster.pooled, "ct_cluster_doc_pooled", DOCUMENT, dict[str, Any]
+            ),
+        ),
+        await world.case(
+            "cluster.cachetier_get_pooled",
+            "cachetier cache.get, through the cluster client",
+            lambda: cache_get(cluster.pooled),
+        ),
+    ]
+    return Section(
+        "cluster_hit_doc",
+        f"Decorated hit on a Redis Cluster of three primaries, 1 KB JSON document "
+        f"({_size(DOCUMENT)} B as JSON)",
+        "cluster.bare_orjson",
+        "bare GET + orjson",
+        cases,
+        note=(
+            "peer: the same cache reading through redis-py's cluster client, per command (a "
+            "health_check_interval keeps it there), as every cluster read did before issue 17; "
+            "aiocache and cashews are not measured on a cluster."
+        ),
+    )
+
+
+async def cluster_concurrent(world: World, cluster: Cluster) -> Section:
+    import orjson
+
+    await cluster.start()
+    raw = cluster.raw
+    encoded = orjson.dumps(DOCUMENT)
+    keys = [f"bench:raw:doc:{i}" for i in range(CONCURRENCY)]
+    await raw.mset_nonatomic(dict.fromkeys(keys, encoded))
+    get, loads = raw.get, orjson.loads
+
+    async def pipeline() -> object:
+        pipe = raw.pipeline(transaction=False)
+        for name in keys:
+            pipe.get(name)
+        return [loads(v) for v in await pipe.execute()]
+
+    async def gathered_gets() -> object:
+        return [loads(v) for v in await asyncio.gather(*[get(name) for name in keys])]
+
+    async def distinct(cache: Any, name: str) -> Case:
+        await world.cachetier_cached(cache, name, DOCUMENT, dict[str, Any])
+        function = world.functions[name]
+        for i in range(CONCURRENCY):
+            await function(i)
+
+        async def hundred() -> object:
+            return await asyncio.gather(*[function(i) for i in range(CONCURRENCY)])
+
+        case = Case(name, name, hundred)
+        case.checks.append(stats_check(function))
+        return case
+
+    cases = [
+        await world.case(
+            "cluster_concurrent.cachetier",
+            "cachetier @cached, 100 gathered calls over 100 keys",
+            lambda: distinct(cluster.held, "ct_cluster_distinct"),
+            peer="cluster_concurrent.cachetier_pooled",
+        ),
+        await world.case(
+            "cluster_concurrent.cachetier_pooled",
+            "cachetier @cached, 100 gathered calls over 100 keys, through the cluster client",
+            lambda: distinct(cluster.pooled, "ct_cluster_distinct_pooled"),
+        ),
+        Case(
+            "cluster_concurrent.pipeline",
+            "one RedisCluster pipeline of 100 GETs + orjson.loads",
+            pipeline,
+        ),
+        Case(
+            "cluster_concurrent.gets",
+            "100 gathered RedisCluster GETs + orjson.loads",
+            gathered_gets,
+        ),
+    ]
+    for case in cases:
+        case.ops = CONCURRENCY
+    return Section(
+        "cluster_concurrent",
+        "100 concurrent hits over 100 keys on a Redis Cluster of three primaries (1 KB document)",
+        "cluster_concurrent.pipeline",
+        "one cluster pipeline + orjson",
+        cases,
+        note="times are per batch of 100 calls; calls/s = 100 / batch time.",
+        throughput=True,
+    )
+
+
 async def many_keys(world: World) -> Section:
     import orjson
 
@@ -1042,7 +1215,17 @@ def _size(value: Any) -> int:
 # -- the run ----------------------------------------------------------------------------------
 
 
-SECTIONS = ("redis", "memory", "concurrent", "get_many", "down", "client", "stampede", "overhead")
+SECTIONS = (
+    "redis",
+    "memory",
+    "concurrent",
+    "get_many",
+    "cluster",
+    "down",
+    "client",
+    "stampede",
+    "overhead",
+)
 
 
 async def run_all(
@@ -1066,6 +1249,7 @@ async def run_all(
     overhead: dict[str, Any] | None = None
     async with contextlib.AsyncExitStack() as stack:
         world = World(stack, failures)
+        cluster = Cluster(world)
         try:
             await world.start()
         except RedisUnavailable:
@@ -1083,6 +1267,8 @@ async def run_all(
             ("memory", "memory hits, short string", lambda: memory_hits(world, PAYLOADS[1])),
             ("concurrent", "100 concurrent hits", lambda: concurrent_hits(world)),
             ("get_many", "get_many", lambda: many_keys(world)),
+            ("cluster", "Redis Cluster hits", lambda: cluster_hits(world, cluster)),
+            ("cluster", "Redis Cluster, 100 keys", lambda: cluster_concurrent(world, cluster)),
             ("down", "Redis down", lambda: redis_down(world)),
             ("client", "redis-py client settings", lambda: client_settings(world)),
         ):

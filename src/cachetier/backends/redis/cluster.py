@@ -6,7 +6,11 @@ URL, or built over a ``redis.asyncio.cluster.RedisCluster`` the caller already h
 Redis Cluster refuses a command whose keys lie in different hash slots (CROSSSLOT), so every
 operation on several keys is split here, never left to fail:
 
-- `get_many`: one MGET per slot, all pipelined, so one round trip per primary.
+- `get` and `get_many` (cache reads): over held, auto-pipelined connections to each primary,
+  routed by the client's slot map (`slots.SlotReads`), one MGET per slot, all sent at once;
+  a read the map routes wrong (MOVED, ASK) or whose primary is gone goes to the client. A
+  client given to ``RedisClusterBackend(client)``, or one with a health check interval, reads
+  through the client: one MGET per slot, all pipelined, one round trip per primary.
 - `set_many`: one SET (with ``PX`` when there is a ttl) per key in one pipeline, grouped by
   node: one round trip per primary.
 - `delete`: one UNLINK per slot, pipelined per node.
@@ -39,6 +43,7 @@ from .commands import px as _px
 from .errors import CLUSTER_FAILURES as _CLUSTER_FAILURES
 from .errors import CLUSTER_URL_ERRORS, RedisErrors
 from .scripts import INCR_WITH_TTL, RELEASE_LOCK, SET_IF, TAG_BUMP, TAG_STAMPS
+from .slots import SlotReads
 from .tracking import TrackingChannel, follow
 from .tracking import decode_keys as _decode_keys
 from .urls import split_hosts
@@ -98,6 +103,7 @@ class RedisClusterBackend(SingleKeyCommands):
         "_label",
         "_node_client",
         "_owns_client",
+        "_reads",
         "_release",
         "_scripts_loaded",
         "_set_if",
@@ -128,6 +134,7 @@ class RedisClusterBackend(SingleKeyCommands):
         )
         # Checked above not to decode, so GET returns bytes or None.
         self._get = cast("Callable[[str], Awaitable[bytes | None]]", client.get)
+        self._reads: SlotReads | None = None
         self._release = client.register_script(RELEASE_LOCK)
         self._set_if = client.register_script(SET_IF)
         self._incr_with_ttl = client.register_script(INCR_WITH_TTL)
@@ -184,6 +191,11 @@ class RedisClusterBackend(SingleKeyCommands):
             client.cluster_error_retry_attempts = max(retries, 1)
         backend = cls(client, owns_client=True)
         backend._label = f"url={redact_url(url)!r}"
+        if not health_check_interval:
+            # Held connections send no PING before a command; with a health check interval
+            # reads keep the client's per-command path, which does (as `RedisBackend` does).
+            backend._reads = SlotReads(client)
+            backend._get = backend._reads.get
         return backend
 
     def __repr__(self) -> str:
@@ -199,6 +211,8 @@ class RedisClusterBackend(SingleKeyCommands):
         if not keys:
             return []
         with self._errors.on("MGET"):
+            if self._reads is not None:
+                return await self._reads.mget(keys)
             values = await self._client.mget_nonatomic(list(keys))
         return cast("list[bytes | None]", values)
 
@@ -323,6 +337,8 @@ class RedisClusterBackend(SingleKeyCommands):
         """
         node_client, self._node_client = self._node_client, None
         with self._errors.on("close"):
+            if self._reads is not None:
+                await self._reads.aclose()
             if node_client is not None:
                 await node_client.aclose()
             if self._owns_client:

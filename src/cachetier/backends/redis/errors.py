@@ -22,13 +22,17 @@ from typing import Any, Final, NoReturn, final
 from redis._parsers.base import BaseParser
 from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
+    ClusterDownError,
     InvalidResponse,
     MaxConnectionsError,
+    MovedError,
     RedisClusterException,
     RedisError,
     ResponseError,
     SlotNotCoveredError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -40,10 +44,12 @@ __all__ = (
     "CLUSTER_URL_ERRORS",
     "FAILURES",
     "PROTOCOL_ERROR",
+    "REROUTED_ERRORS",
     "RETRIED_ERRORS",
     "RedisErrors",
     "dropped_connection",
     "reply_error",
+    "rerouted",
     "timed_out",
 )
 
@@ -62,6 +68,22 @@ CLUSTER_FAILURES: Final = (*FAILURES, RedisClusterException, AttributeError)
 # The errors a one-server client retries at once (its ``Retry(supported_errors=...)``): a
 # connection error, never a timeout.
 RETRIED_ERRORS: Final = (RedisConnectionError,)
+
+# What a cluster's held read (`slots`) may hand to the cluster client rather than fail, when
+# `rerouted` says so: its slot lives elsewhere now, or its node is gone.
+REROUTED_ERRORS: Final = (ResponseError, RedisConnectionError)
+_REDIRECTIONS: Final = (MovedError, AskError, TryAgainError, ClusterDownError)
+# redis-py before 6 parses these replies into plain ResponseErrors outside its cluster parser.
+_REDIRECTION_CODES: Final = ("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def rerouted(exc: BaseException) -> bool:
+    """Whether a cluster's read that failed with ``exc`` belongs to the cluster client, which
+    follows redirections and refreshes its slot map: a MOVED, ASK, TRYAGAIN or CLUSTERDOWN
+    reply, or a connection error. A timeout is not: it fails the read."""
+    if isinstance(exc, (RedisConnectionError, *_REDIRECTIONS)):
+        return True
+    return type(exc) is ResponseError and str(exc).startswith(_REDIRECTION_CODES)
 
 
 def dropped_connection(reason: str) -> Exception:

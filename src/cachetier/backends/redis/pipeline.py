@@ -1,5 +1,7 @@
 """`HeldReads`: `RedisBackend`'s cache reads (GET, MGET) over connections it holds, auto-pipelined.
 
+(A Redis Cluster's reads use one `HeldReads` per primary: `slots.SlotReads`.)
+
 Why not redis-py's ``Redis.get``: on loopback its per-command machinery (a pool checkout under a
 lock, a retry wrapper, an ``asyncio.wait_for`` around each write, which is a task of its own
 before Python 3.12, a timeout context around each read, five coroutines deep) costs more than
@@ -50,6 +52,16 @@ DEPTH: Final = 512
 """Waiters one held connection may have queued and outstanding; past that, reads use the pool."""
 
 _Waiter = asyncio.Future[Any]
+
+GET: Final = b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n"
+"""GET of one key, as RESP: ``GET % (len(name), name)``, ``name`` the key's bytes."""
+
+
+def mget_command(names: Sequence[bytes]) -> bytes:
+    """MGET of ``names`` (keys as bytes), as RESP."""
+    parts = [b"*%d\r\n$4\r\nMGET\r\n" % (len(names) + 1)]
+    parts.extend(b"$%d\r\n%b\r\n" % (len(name), name) for name in names)
+    return b"".join(parts)
 
 
 def _drop(connection: AbstractConnection) -> None:
@@ -425,17 +437,24 @@ class HeldReads:
     def get(self, key: str) -> Awaitable[bytes | None]:
         """GET ``key``."""
         name = key.encode(self._encoding, self._encoding_errors)
-        command = b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(name), name)
-        return self._send(command, (key,), single=True)
+        return self._send(GET % (len(name), name), (key,), single=True)
 
     def mget(self, keys: Sequence[str]) -> Awaitable[list[bytes | None]]:
         """MGET ``keys`` (at least one)."""
         encoding, errors = self._encoding, self._encoding_errors
-        parts = [b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1)]
-        for key in keys:
-            name = key.encode(encoding, errors)
-            parts.append(b"$%d\r\n%b\r\n" % (len(name), name))
-        return self._send(b"".join(parts), keys, single=False)
+        command = mget_command([key.encode(encoding, errors) for key in keys])
+        return self._send(command, keys, single=False)
+
+    def send_now(self, command: bytes) -> asyncio.Future[Any] | None:
+        """Queues ``command`` (a GET or MGET) on a held connection of the running event loop
+        and returns the future of its reply, or ``None`` when every held connection is too far
+        behind. Not retried: for callers that route their own failures (`slots`)."""
+        loop = asyncio.get_running_loop()
+        lanes = self._lanes
+        if self._loop is not loop or lanes is None:
+            lanes = self._lanes_of(loop)
+        lane = lanes.pick()
+        return None if lane is None else lane.send(command)
 
     async def _send(self, command: bytes, keys: Sequence[str], *, single: bool) -> Any:
         loop = asyncio.get_running_loop()
