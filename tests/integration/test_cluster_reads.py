@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -250,14 +251,15 @@ async def test_reads_cancelled_anywhere_never_return_another_keys_value(
     backend: RedisClusterBackend, namespace: str
 ) -> None:
     """Values encode their keys and vary in size; reads of one key or of many slots are
-    cancelled after a random number of loop turns or a random time. Every read that completes
-    gets its own keys' values, and a last pass over all keys, uncancelled, is exact."""
+    cancelled after a random number of loop turns or a random time within a round's length.
+    Every read that completes gets its own keys' values, and a last pass over all keys,
+    uncancelled, is exact: no connection was left out of step."""
     keys = [f"{namespace}:{index}" for index in range(40)]
     values = {key: (key * (1 + index % 7 * 300)).encode() for index, key in enumerate(keys)}
     await backend.set_many(values)
     rng = random.Random(int.from_bytes(namespace.encode()[-4:], "big"))
     wrong: list[str] = []
-    completed = cancelled = 0
+    completed = cancelled = attempts = 0
 
     async def read(picked: list[str]) -> None:
         if len(picked) == 1:
@@ -267,20 +269,30 @@ async def test_reads_cancelled_anywhere_never_return_another_keys_value(
         if got != [values[key] for key in picked]:
             wrong.append(f"{picked} got {[value[:20] if value else value for value in got]}")
 
-    async def cancel_later(task: asyncio.Task[None]) -> None:
-        if rng.random() < 0.5:
-            for _ in range(rng.randint(0, 6)):
-                await asyncio.sleep(0)
-        else:
-            await asyncio.sleep(rng.random() * 0.002)
-        task.cancel()
-
-    for _ in range(40):
-        tasks = [
+    def reads() -> list[asyncio.Task[None]]:
+        return [
             asyncio.create_task(read(rng.sample(keys, rng.choice((1, 1, 2, 5, 12)))))
             for _ in range(50)
         ]
+
+    # A round's length on this machine now, so that timed cancellations land while reads are
+    # under way whether the machine is idle or loaded.
+    started = time.monotonic()
+    await asyncio.gather(*reads())
+    length = time.monotonic() - started
+
+    async def cancel_later(task: asyncio.Task[None]) -> None:
+        if rng.random() < 0.5:
+            for _ in range(rng.randint(0, 3)):
+                await asyncio.sleep(0)
+        else:
+            await asyncio.sleep(rng.random() * length)
+        task.cancel()
+
+    for _ in range(40):
+        tasks = reads()
         killers = [asyncio.create_task(cancel_later(task)) for task in tasks if rng.random() < 0.4]
+        attempts += len(killers)
         results = await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*killers)
         for result in results:
@@ -291,8 +303,9 @@ async def test_reads_cancelled_anywhere_never_return_another_keys_value(
             else:
                 completed += 1
     assert wrong == []
-    assert cancelled > 300
-    assert completed > 800
+    # Most cancellations land in flight, and most reads complete.
+    assert cancelled > attempts * 0.2, (cancelled, attempts)
+    assert completed > 1000, completed
     assert await backend.get_many(keys) == [values[key] for key in keys]
     for key in keys:
         assert await backend.get(key) == values[key]
