@@ -173,7 +173,8 @@ def make_tls_files(directory: Path) -> TlsFiles:
         "subjectAltName = IP:127.0.0.1\n"
         "basicConstraints = critical, CA:FALSE\n"
         "keyUsage = critical, digitalSignature, keyEncipherment\n"
-        "extendedKeyUsage = serverAuth\n"
+        # clientAuth too: a cluster node presents its certificate to the others on the bus.
+        "extendedKeyUsage = serverAuth, clientAuth\n"
     )
     steps = [
         ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
