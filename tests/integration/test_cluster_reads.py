@@ -309,3 +309,44 @@ async def test_reads_cancelled_anywhere_never_return_another_keys_value(
     assert await backend.get_many(keys) == [values[key] for key in keys]
     for key in keys:
         assert await backend.get(key) == values[key]
+
+
+async def test_a_killed_primary_fails_its_reads_and_they_recover_after_its_restart(
+    cluster: RedisClusterServers, raw: RedisCluster, namespace: str
+) -> None:
+    """kill -9 of one primary: reads of its keys fail (and fail open in a cache), reads of the
+    others' keys are still answered over held connections; once it is back (empty: nothing
+    persists), every read is answered again."""
+    keys = [f"{namespace}:{index}" for index in range(30)]
+    await raw.mset_nonatomic({key: key.encode() for key in keys})
+    owners = {key: await _owner(raw, key) for key in keys}
+    victim = next(node for node in cluster.nodes if node.port == owners[keys[0]])
+    mine = [key for key in keys if owners[key] == victim.port]
+    others = [key for key in keys if owners[key] != victim.port]
+    backend = RedisBackend.from_url(cluster.url, connect_timeout=1.0, command_timeout=1.0)
+    try:
+        assert await backend.get_many(keys) == [key.encode() for key in keys]
+        # Restarted well within the cluster's node timeout (5 s), so that no other node marks
+        # it failed and the cluster stays up for the others' keys.
+        victim.kill()
+        try:
+            with pytest.raises(BackendError):
+                await backend.get(mine[0])
+            with pytest.raises(BackendError):
+                await backend.get_many(keys)
+            assert await backend.get_many(others) == [key.encode() for key in others]
+        finally:
+            victim.start()
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:
+            try:
+                found = await backend.get_many(keys)
+                break
+            except BackendError:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.1)
+        assert found == [None if key in mine else key.encode() for key in keys]
+        await backend.set_many(dict.fromkeys(mine, b"again"))
+        assert await backend.get_many(mine) == [b"again"] * len(mine)
+    finally:
+        await backend.aclose()
