@@ -164,10 +164,13 @@ class RedisBackend(SingleKeyCommands):
           ``rediss+cluster://`` for TLS: a Redis Cluster found from these startup nodes (port
           6379 unless given), through redis-py's ``RedisCluster``. The backend is a
           ``RedisClusterBackend`` of kind ``"redis-cluster"``, which splits every multi-key
-          operation by hash slot and scans every primary. ``max_connections`` applies per
-          node, and ``retries`` counts retries after a connection error *or a timeout*
-          (redis-py's cluster client does not tell them apart), each after a topology
-          refresh; there is none by default.
+          operation by hash slot and scans every primary. Cache reads (GET, MGET) go over
+          held, auto-pipelined connections to each primary, routed by the client's slot map;
+          one that meets a redirection or a lost primary is handed to the client.
+          ``max_connections`` applies per node, and ``retries`` counts retries after a
+          connection error *or a timeout* (redis-py's cluster client does not tell them
+          apart), each after a topology refresh; there is none by default. A read that times
+          out on a held connection fails at once, whatever ``retries`` says.
 
         Options in the query string win over the arguments, as in redis-py. Credentials in
         ``url`` never appear in the backend's ``repr`` or in its errors.
