@@ -540,6 +540,22 @@ async def memory_hits(world: World, payload: Payload) -> Section:
     )
 
 
+async def distinct_calls(world: World, cache: Any, name: str) -> Case:
+    """100 gathered calls over 100 keys, all hits: no two calls share a read, so none is
+    merged away."""
+    await world.cachetier_cached(cache, name, DOCUMENT, dict[str, Any])
+    function = world.functions[name]
+    for i in range(CONCURRENCY):
+        await function(i)
+
+    async def hundred() -> object:
+        return await asyncio.gather(*[function(i) for i in range(CONCURRENCY)])
+
+    case = Case(name, name, hundred)
+    case.checks.append(stats_check(function))
+    return case
+
+
 async def concurrent_hits(world: World) -> Section:
     import orjson
 
@@ -584,21 +600,6 @@ async def concurrent_hits(world: World) -> Section:
             pipe.get(name)
         return [loads(v) for v in await pipe.execute()]
 
-    async def distinct() -> Case:
-        # 100 calls over 100 keys: no two calls share a read, so none is merged away.
-        name = "ct_redis_doc_distinct"
-        await world.cachetier_cached(world.redis_cache, name, DOCUMENT, dict[str, Any])
-        function = world.functions[name]
-        for i in range(CONCURRENCY):
-            await function(i)
-
-        async def hundred() -> object:
-            return await asyncio.gather(*[function(i) for i in range(CONCURRENCY)])
-
-        case = Case(name, name, hundred)
-        case.checks.append(stats_check(function))
-        return case
-
     builders: dict[str, Callable[[], Awaitable[Case]]] = {
         "ct_redis_doc": lambda: world.cachetier_cached(
             world.redis_cache, "ct_redis_doc", DOCUMENT, dict[str, Any]
@@ -635,7 +636,7 @@ async def concurrent_hits(world: World) -> Section:
         await world.case(
             "concurrent.cachetier_distinct",
             "cachetier @cached, 100 gathered calls over 100 keys",
-            distinct,
+            lambda: distinct_calls(world, world.redis_cache, "ct_redis_doc_distinct"),
             peer="concurrent.pipeline_distinct_orjson",
         ),
         Case(
@@ -799,30 +800,17 @@ async def cluster_concurrent(world: World, cluster: Cluster) -> Section:
     async def gathered_gets() -> object:
         return [loads(v) for v in await asyncio.gather(*[get(name) for name in keys])]
 
-    async def distinct(cache: Any, name: str) -> Case:
-        await world.cachetier_cached(cache, name, DOCUMENT, dict[str, Any])
-        function = world.functions[name]
-        for i in range(CONCURRENCY):
-            await function(i)
-
-        async def hundred() -> object:
-            return await asyncio.gather(*[function(i) for i in range(CONCURRENCY)])
-
-        case = Case(name, name, hundred)
-        case.checks.append(stats_check(function))
-        return case
-
     cases = [
         await world.case(
             "cluster_concurrent.cachetier",
             "cachetier @cached, 100 gathered calls over 100 keys",
-            lambda: distinct(cluster.held, "ct_cluster_distinct"),
+            lambda: distinct_calls(world, cluster.held, "ct_cluster_distinct"),
             peer="cluster_concurrent.cachetier_pooled",
         ),
         await world.case(
             "cluster_concurrent.cachetier_pooled",
             "cachetier @cached, 100 gathered calls over 100 keys, through the cluster client",
-            lambda: distinct(cluster.pooled, "ct_cluster_distinct_pooled"),
+            lambda: distinct_calls(world, cluster.pooled, "ct_cluster_distinct_pooled"),
         ),
         Case(
             "cluster_concurrent.pipeline",
