@@ -28,7 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
-from .errors import REROUTED_ERRORS, rerouted
+from .errors import PROTOCOL_ERROR, REROUTED_ERRORS, rerouted
 from .pipeline import GET, HeldReads, mget_command
 
 if TYPE_CHECKING:
@@ -143,6 +143,9 @@ class SlotReads:
                         "list[bytes | None]",
                         await self._client.mget_nonatomic([keys[index] for index in indexes]),
                     )
+                if len(answer) != len(indexes):
+                    # Never seen: a connection out of step. A backend failure, not a crash.
+                    raise PROTOCOL_ERROR("an MGET was answered with the wrong number of values")
                 for index, value in zip(indexes, answer, strict=True):
                     values[index] = value
         finally:
