@@ -155,11 +155,9 @@ async def test_waiters_are_woken_when_the_value_lands_not_by_polling(
     try:
         holder = asyncio.create_task(cache.get_or_set("k", slow, lock=True, lock_ttl=60))
         lock_name = cache.keys.lock_key(cache.keys.full("k"))
-        while not await raw.exists(lock_name):
+        while not await raw.exists(lock_name):  # noqa: ASYNC110  # a key in Redis, no event
             await asyncio.sleep(0.005)
-        waiter = asyncio.create_task(
-            other.get_or_set("k", lambda: "never", lock=True, lock_ttl=60)
-        )
+        waiter = asyncio.create_task(other.get_or_set("k", lambda: "never", lock=True, lock_ttl=60))
         # Released only once the waiter is known to wait: a fixed sleep lost that race on a
         # loaded CI machine, where the waiter's first read answered after the value landed.
         await _until(lambda: other.stats.lock_waits == 1)
