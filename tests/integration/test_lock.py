@@ -52,25 +52,38 @@ async def test_four_processes_with_a_hundred_calls_each_compute_once(
     """Counted on a server of its own, so that no other client's commands are counted."""
     redis_url = private_redis.url
     raw = redis_asyncio.Redis.from_url(redis_url)
-    start_at = time.time() + 1.5  # every process has imported and connected by then
-    before = await commands_processed(raw)
-    procs = [
-        await asyncio.create_subprocess_exec(
-            sys.executable, str(WORKER), redis_url, namespace, str(start_at), stdout=subprocess.PIPE
-        )
-        for _ in range(4)
-    ]
-    outputs = [json.loads((await proc.communicate())[0]) for proc in procs]
-    assert all(proc.returncode == 0 for proc in procs)
-    spent = await commands_processed(raw) - before
-    assert int(await raw.get(f"{namespace}:runs") or 0) == 1
-    results = [r for out in outputs for r in out["results"]]
-    assert len(results) == 400
-    assert all(r == {"value": 42, "run": 1} for r in results)
-    # Each process: one GET, one lock attempt, and (waiters) SUBSCRIBE, GETs, UNSUBSCRIBE; the
-    # holder: GET, SET, release, PUBLISH. Polling 400 callers would cost thousands.
-    assert spent < 60, f"{spent} Redis commands for 400 callers"
-    await raw.aclose()
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        start_at = time.time() + 1.5  # every process has imported and connected by then
+        before = await commands_processed(raw)
+        for _ in range(4):
+            procs.append(  # noqa: PERF401  # kept as soon as it runs, for the cleanup below
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    str(WORKER),
+                    redis_url,
+                    namespace,
+                    str(start_at),
+                    stdout=subprocess.PIPE,
+                )
+            )
+        outputs = [json.loads((await proc.communicate())[0]) for proc in procs]
+        assert all(proc.returncode == 0 for proc in procs)
+        spent = await commands_processed(raw) - before
+        assert int(await raw.get(f"{namespace}:runs") or 0) == 1
+        results = [r for out in outputs for r in out["results"]]
+        assert len(results) == 400
+        assert all(r == {"value": 42, "run": 1} for r in results)
+        # Each process: one GET, one lock attempt, and (waiters) SUBSCRIBE, GETs, UNSUBSCRIBE;
+        # the holder: GET, SET, release, PUBLISH. Polling 400 callers would cost thousands.
+        assert spent < 60, f"{spent} Redis commands for 400 callers"
+    finally:
+        # Closed whatever failed: a client left open warns inside a later, unrelated test.
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        await raw.aclose()
 
 
 async def test_waiter_takes_over_when_the_holder_died(
