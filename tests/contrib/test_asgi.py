@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -282,7 +283,12 @@ async def test_concurrent_misses_run_the_route_once(cache: Cache) -> None:
         transport=httpx.ASGITransport(app=wrapped), base_url="http://t"
     ) as c:
         pending = [asyncio.ensure_future(c.get("/slow")) for _ in range(10)]
-        await asyncio.sleep(0.05)
+        # Released once every request has missed and joined the one run of the route: on a
+        # loaded machine, 10 requests took up to 300 ms to get that far (a fixed 50 ms wait).
+        deadline = time.monotonic() + 5
+        while cache.stats.misses < 10:
+            assert time.monotonic() < deadline, "the requests never all reached the cache"
+            await asyncio.sleep(0.001)
         release.set()
         answers = await asyncio.gather(*pending)
     assert {r.text for r in answers} == {"slow"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from typing import Any
 
@@ -30,7 +31,12 @@ async def _twelve_concurrent_requests(cache: Cache) -> tuple[list[str], int]:
         transport=httpx.ASGITransport(app=wrapped), base_url="http://t"
     ) as client:
         pending = [asyncio.ensure_future(client.get("/slow")) for _ in range(12)]
-        await asyncio.sleep(0.05)
+        # Released once every request has missed and joined the one run of the route: on a
+        # loaded machine, 12 requests took up to 300 ms to get that far (a fixed 50 ms wait).
+        deadline = time.monotonic() + 5
+        while cache.stats.misses < 12:
+            assert time.monotonic() < deadline, "the requests never all reached the cache"
+            await asyncio.sleep(0.001)
         release.set()
         answers = await asyncio.gather(*pending)
         assert {answer.text for answer in answers} == {"slow"}
