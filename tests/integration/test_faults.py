@@ -241,7 +241,10 @@ async def test_connections_pooled_before_a_restart_fail_no_call_after_it(
     """A Redis restart while the app is idle leaves dead sockets in the pool; none may fail a call."""
     server = killable_redis
     breaker = CircuitBreaker(threshold=3, cooldown=60)
-    async with _cache(server.url, breaker) as cache:
+    # Timeouts a loaded CI machine does not trip (the 100 ms one did, right after the restart,
+    # and the reads failed open as None): a dead pooled socket fails at once, not by timing out.
+    backend = RedisBackend.from_url(server.url, command_timeout=2.0, connect_timeout=2.0)
+    async with Cache(backend, namespace="faults", breaker=breaker) as cache:
         # Concurrent writes open (and then pool) one connection each.
         assert await asyncio.gather(*(cache.set(f"k{i}", i) for i in range(10))) == [True] * 10
         await asyncio.to_thread(server.kill)
