@@ -16,18 +16,24 @@ the wrong values, the timeouts, and the throughput, then checks every key once m
 cancellation. Exits 1 on any wrong value, failed or hung call, undecodable entry, failed last
 pass, or cancellation lost where Python's `asyncio.wait_for` does not explain it (see the test).
 
-``--backend`` is redis, local (Redis with a `LocalTier`), fakeredis, memory (a bare
-`MemoryBackend`) or memory-remote (one seen as a remote store: reads merged, pauses around each
-call). Redis is ``--url`` (database 14 by default, or ``CACHETIER_BENCH_REDIS_*``); only this
-run's namespace is written, and it is removed at the end: nothing is flushed.
+``--backend`` is redis, local (Redis with a `LocalTier`), cluster (a Redis Cluster), fakeredis,
+memory (a bare `MemoryBackend`) or memory-remote (one seen as a remote store: reads merged,
+pauses around each call). Redis is ``--url`` (database 14 by default, or
+``CACHETIER_BENCH_REDIS_*``); only this run's namespace is written, and it is removed at the
+end: nothing is flushed. For cluster, ``--url`` is a ``redis+cluster://`` URL, or, left out, a
+cluster of three primaries started for the run (redis-server and redis-cli on PATH)::
+
+    python benchmarks/cancel_soak.py --backend cluster --calls 400000
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +59,7 @@ from tests.integration.test_cancellation import (  # noqa: E402
     storm,
     verdict,
 )
+from tests.servers import running_cluster  # noqa: E402
 
 PROGRESS_EVERY = 10.0
 
@@ -118,8 +125,7 @@ async def report(tally: Tally) -> None:
         )
 
 
-async def main(args: argparse.Namespace) -> int:
-    url = args.url if args.backend in REDIS_KINDS else None
+async def main(args: argparse.Namespace, url: str | None) -> int:
     print(
         f"cancel soak: backend {args.backend}{f' at {url}' if url else ''}, seed {args.seed}, "
         f"{args.calls:,} calls, cancel rate {args.cancel_rate}, concurrency {args.concurrency}, "
@@ -196,4 +202,10 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     if arguments.seed is None:
         arguments.seed = random.SystemRandom().randrange(1_000_000)
-    sys.exit(asyncio.run(main(arguments)))
+    with contextlib.ExitStack() as stack:
+        url = arguments.url if arguments.backend in REDIS_KINDS else None
+        if arguments.backend == "cluster" and not (url or "").startswith("redis+cluster"):
+            directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-cluster"))
+            url = stack.enter_context(running_cluster(Path(directory))).url
+        status = asyncio.run(main(arguments, url))
+    sys.exit(status)

@@ -45,7 +45,7 @@ from typing import Any
 import pytest
 
 from cachetier import Cache, CircuitBreaker, LocalTier
-from cachetier.backends import Backend, MemoryBackend, RedisBackend
+from cachetier.backends import Backend, MemoryBackend, RedisBackend, RedisClusterBackend
 
 from ..model.stores import DelayedBackend, Jitter
 from ..servers import RedisServer
@@ -58,11 +58,12 @@ CONCURRENCY = 64
 CANCEL_RATE = 0.37
 CALL_LIMIT = 10.0
 """Seconds a call may take (its commands time out after 2 s) before it counts as hung."""
-KINDS = ("memory", "memory-remote", "fakeredis", "redis", "local")
+KINDS = ("memory", "memory-remote", "fakeredis", "redis", "local", "cluster")
 """Backends the storm runs on: ``memory-remote`` is a `MemoryBackend` seen as a remote store
 (its reads merged and batched like Redis's, a few loop turns of pause around each call);
-``local`` is Redis with a `LocalTier` in front."""
-REDIS_KINDS = ("redis", "local")
+``local`` is Redis with a `LocalTier` in front; ``cluster`` a Redis Cluster of three
+primaries (the session's)."""
+REDIS_KINDS = ("redis", "local", "cluster")
 # Where a cancellation may be lost, the call carrying on to return its own value: before
 # Python 3.12, `asyncio.wait_for` (which redis-py wraps around each socket write) returns the
 # inner result when it is cancelled just as the write finishes (CPython gh-86296). Anywhere
@@ -175,7 +176,7 @@ def _method_codes(*classes: type) -> frozenset[CodeType]:
 
 # The backends' own methods, wherever their modules live: a frame running one of these names
 # the command under way. (The wrapper of memory-remote keeps the method's name in ``name``.)
-_BACKEND_CODES = _method_codes(RedisBackend, MemoryBackend, DelayedBackend)
+_BACKEND_CODES = _method_codes(RedisBackend, RedisClusterBackend, MemoryBackend, DelayedBackend)
 _PAUSE = Jitter.pause.__code__
 # redis-py's names for the parts of a command (also in its 5.0 releases).
 _CONNECTING = frozenset({"connect", "connect_check_health", "on_connect", "_connect"})
@@ -475,8 +476,11 @@ class Decorated:
         """
         problems: list[str] = []
         for k in range(KEYS):
+            # Counted before the first call: one whose read or write failed open stores
+            # nothing, and the second call then rightly misses.
+            errors = self.cache.stats.backend_errors
             first = await self.lookup(k)
-            hits, errors = self.cache.stats.hits, self.cache.stats.backend_errors
+            hits = self.cache.stats.hits
             second = await self.lookup(k)
             problems += [p for p in (mismatch(first, k), mismatch(second, k)) if p]
             if self.cache.stats.backend_errors == errors and (
@@ -675,6 +679,9 @@ def _kinds() -> list[Any]:
 
 
 def _url(kind: str, request: pytest.FixtureRequest) -> str | None:
+    if kind == "cluster":
+        cluster: str = request.getfixturevalue("redis_cluster").url
+        return cluster
     if kind in REDIS_KINDS:
         url: str = request.getfixturevalue("redis_url")
         return url
