@@ -15,8 +15,9 @@ entry, and a last pass over all keys (with no cancellation) returns correct valu
 the connections are not desynchronised.
 
 The same storm runs on a bare `MemoryBackend`, on one seen as remote (reads merged, pauses
-around each call: ``tests/model/stores.py``), on fakeredis, on Redis and on Redis with a
-`LocalTier`; and on a private Redis frozen with SIGSTOP under a 50 ms command timeout.
+around each call: ``tests/model/stores.py``), on fakeredis, on Redis, on Redis with a
+`LocalTier` and on a Redis Cluster; and on a private Redis frozen with SIGSTOP under a 50 ms
+command timeout.
 
 The storm is seeded: ``CACHETIER_CANCEL_SEED=N`` changes the seed (17 by default), and each
 assertion names it. `benchmarks/cancel_soak.py` runs the same storm for 400,000 calls.
