@@ -80,7 +80,11 @@ async def cache(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator
     if request.param == "memory":
         backend: MemoryBackend | RedisBackend = MemoryBackend()
     else:
-        backend = RedisBackend.from_url(request.getfixturevalue("redis_url"))
+        # Timeouts a loaded CI machine does not trip: these tests are about the guide's API, and
+        # a read that timed out is served as a miss (fail-open), which they would misread.
+        backend = RedisBackend.from_url(
+            request.getfixturevalue("redis_url"), connect_timeout=2.0, command_timeout=2.0
+        )
     cache = Cache(backend, namespace=namespace)
     with RedisCache.use(cache):
         yield cache
@@ -261,7 +265,8 @@ async def test_clear_all_leaves_keys_outside_the_cache_untouched(
     """Other applications' keys in the same database survive: no FLUSHDB."""
     raw = redis.asyncio.Redis.from_url(redis_url)
     foreign = f"{namespace}-foreign-app:session:1"
-    cache = Cache(RedisBackend.from_url(redis_url), namespace=namespace)
+    backend = RedisBackend.from_url(redis_url, connect_timeout=2.0, command_timeout=2.0)
+    cache = Cache(backend, namespace=namespace)
     try:
         await raw.set(foreign, b"not ours")
         with RedisCache.use(cache):

@@ -659,7 +659,10 @@ def test_extraction_finds_indented_blocks() -> None:
 @pytest.fixture
 async def guide_cache(redis_url: str, namespace: str) -> AsyncIterator[Cache]:
     """The default cache while a block runs: the real Redis, in a namespace of its own."""
-    cache = Cache(RedisBackend.from_url(redis_url), namespace=namespace)
+    # Timeouts a loaded CI machine does not trip: a read that timed out is served as a miss
+    # (fail-open), which a block's check would misread. `down_cache` is for outages.
+    backend = RedisBackend.from_url(redis_url, connect_timeout=2.0, command_timeout=2.0)
+    cache = Cache(backend, namespace=namespace)
     with RedisCache.use(cache):
         yield cache
     await cache.clear()
