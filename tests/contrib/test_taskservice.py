@@ -125,7 +125,10 @@ async def test_serves_with_redis_stopped(db_path: Path, tmp_path: Path) -> None:
     server = RedisServer(tmp_path)
     server.start()
     try:
-        cache = Cache(RedisBackend.from_url(server.url), namespace="taskservice")
+        # Timeouts a loaded CI machine does not trip while warming up; once the server is
+        # stopped, connections are refused at once, whatever the timeouts.
+        backend = RedisBackend.from_url(server.url, connect_timeout=2.0, command_timeout=2.0)
+        cache = Cache(backend, namespace="taskservice")
         app = create_app(cache, db_path=db_path, tasks=TASKS)
         async with (
             app.router.lifespan_context(app),
