@@ -270,7 +270,7 @@ async def test_aclose_leaves_a_borrowed_client_usable(fake_client: redis.asyncio
 
 @pytest.mark.redis
 async def test_server_info_reports_facts_about_the_server(redis_url: str) -> None:
-    backend = RedisBackend.from_url(redis_url)
+    backend = RedisBackend.from_url(redis_url, connect_timeout=2.0, command_timeout=2.0)
     try:
         info = await backend.server_info()
     finally:
@@ -324,7 +324,9 @@ async def _client_names(redis_url: str) -> set[str]:
 async def test_aclose_closes_the_connections_of_an_owned_client_only(redis_url: str) -> None:
     owned_name = f"cachetier-owned-{uuid.uuid4().hex[:8]}"
     borrowed_name = f"cachetier-borrowed-{uuid.uuid4().hex[:8]}"
-    owned = RedisBackend.from_url(redis_url, client_name=owned_name)
+    owned = RedisBackend.from_url(
+        redis_url, client_name=owned_name, connect_timeout=2.0, command_timeout=2.0
+    )
     client = redis.asyncio.Redis.from_url(redis_url, client_name=borrowed_name)
     borrowed = RedisBackend(client)
     try:
