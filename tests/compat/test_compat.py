@@ -222,7 +222,8 @@ async def test_incr_of_a_non_counter_raises(cache: Cache) -> None:
 async def test_health_check_is_the_guides_dict(cache: Cache) -> None:
     health = await RedisCache.health_check()
     assert isinstance(health, dict)
-    assert health["status"] == "healthy"
+    # "degraded" past 100 ms for the PING: a loaded machine can take that long.
+    assert health["status"] == ("degraded" if health["latency_ms"] > 100 else "healthy")
     assert health["available"] is True
     guide_keys = {"uptime_seconds", "used_memory_mb", "connected_clients", "ops_per_sec"}
     assert guide_keys <= set(health)
@@ -394,7 +395,9 @@ def test_configure_takes_a_cache_or_settings_not_both() -> None:
 
 
 async def test_initialize_and_close_fit_a_lifespan(redis_url: str, namespace: str) -> None:
-    settings = CacheSettings(redis_url=redis_url, namespace=namespace)
+    settings = CacheSettings(
+        redis_url=redis_url, namespace=namespace, connect_timeout=2.0, command_timeout=2.0
+    )
     assert await RedisCache.initialize(settings) is True
     assert RedisCache.current().backend.kind == "redis"
     assert await RedisCache.set("k", 1) is True

@@ -485,9 +485,11 @@ async def health_check(run: GuideRun) -> None:
     run.capsys.readouterr()
     await run.execute()
     printed = run.capsys.readouterr().out
-    assert "'status': 'healthy'" in printed
     health = run.ns["health"]
-    assert (health["status"], health["available"]) == ("healthy", True)
+    # "degraded" past 100 ms for the PING: a loaded machine can take that long.
+    status = "degraded" if health["latency_ms"] > 100 else "healthy"
+    assert f"'status': '{status}'" in printed
+    assert (health["status"], health["available"]) == (status, True)
     for name in ("uptime_seconds", "used_memory_mb", "connected_clients", "ops_per_sec"):
         assert isinstance(health[name], int | float), name
 

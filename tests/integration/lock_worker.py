@@ -19,7 +19,9 @@ from cachetier.backends import RedisBackend
 
 async def main(url: str, namespace: str, start_at: float) -> None:
     counter = redis_asyncio.Redis.from_url(url)
-    async with Cache(RedisBackend.from_url(url, command_timeout=2.0), namespace=namespace) as cache:
+    async with Cache(
+        RedisBackend.from_url(url, connect_timeout=2.0, command_timeout=2.0), namespace=namespace
+    ) as cache:
 
         @cache.cached(ttl=60, lock=True, lock_ttl=5, lock_timeout=10, on_lock_timeout="raise")
         async def report() -> dict[str, int]:

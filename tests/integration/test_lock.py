@@ -36,7 +36,8 @@ async def raw(redis_url: str) -> AsyncIterator[redis_asyncio.Redis]:
 @pytest.fixture
 async def cache(redis_url: str, namespace: str) -> AsyncIterator[Cache]:
     async with Cache(
-        RedisBackend.from_url(redis_url, command_timeout=2.0), namespace=namespace
+        RedisBackend.from_url(redis_url, connect_timeout=2.0, command_timeout=2.0),
+        namespace=namespace,
     ) as cache:
         yield cache
         await cache.clear()
@@ -162,7 +163,10 @@ async def test_killed_holder_process_blocks_others_only_until_lock_expiry(
 async def test_waiters_are_woken_when_the_value_lands_not_by_polling(
     cache: Cache, redis_url: str, raw: redis_asyncio.Redis
 ) -> None:
-    other = Cache(RedisBackend.from_url(redis_url, command_timeout=2.0), namespace=cache.namespace)
+    other = Cache(
+        RedisBackend.from_url(redis_url, connect_timeout=2.0, command_timeout=2.0),
+        namespace=cache.namespace,
+    )
     release = asyncio.Event()
 
     async def slow() -> str:

@@ -89,9 +89,11 @@ async def test_cache_works_through_the_sentinel(cache: Cache) -> None:
 
 
 async def test_database_after_the_service_is_used(sentinel: SentinelServers) -> None:
-    backend = RedisBackend.from_url(sentinel.url + "/3", command_timeout=2.0)
+    backend = RedisBackend.from_url(sentinel.url + "/3", connect_timeout=2.0, command_timeout=2.0)
     plain = RedisBackend.from_url(
-        f"redis://:{PASSWORD}@127.0.0.1:{sentinel.primary.port}/3", command_timeout=2.0
+        f"redis://:{PASSWORD}@127.0.0.1:{sentinel.primary.port}/3",
+        connect_timeout=2.0,
+        command_timeout=2.0,
     )
     try:
         await backend.set("sentinel:db-check", b"3", ttl=60)
@@ -104,7 +106,7 @@ async def test_database_after_the_service_is_used(sentinel: SentinelServers) -> 
 
 async def test_aclose_closes_the_connections_to_the_sentinel(sentinel: SentinelServers) -> None:
     before = _sentinel_clients(sentinel)
-    backend = RedisBackend.from_url(sentinel.url, command_timeout=2.0)
+    backend = RedisBackend.from_url(sentinel.url, connect_timeout=2.0, command_timeout=2.0)
     await backend.set("sentinel:close-check", b"v", ttl=5)
     assert _sentinel_clients(sentinel) == before + 1
     await backend.aclose()
