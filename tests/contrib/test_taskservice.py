@@ -116,7 +116,8 @@ async def test_content_response_cache_etag_and_invalidation(client: httpx.AsyncC
 async def test_health_reports_the_cache(client: httpx.AsyncClient, cache: Cache) -> None:
     health = (await client.get("/api/health")).json()
     assert health["backend"] == cache.backend.kind
-    assert health["cache"] == "healthy"
+    # 'degraded' is a PING past 100 ms, which a loaded machine can take; never 'unhealthy'.
+    assert health["cache"] in ("healthy", "degraded")
 
 
 @pytest.mark.redis
