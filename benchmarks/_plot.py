@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 # The sections worth a picture: per-call times that a bar chart compares well.
-SECTIONS = ("redis_hit_doc", "redis_hit_short", "memory_hit_doc", "memory_hit_short")
+SECTIONS = (
+    "redis_hit_doc",
+    "redis_hit_short",
+    "cluster_hit_doc",
+    "memory_hit_doc",
+    "memory_hit_short",
+)
 
 
 def plot(report: dict[str, Any], path: Path) -> bool:
