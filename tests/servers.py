@@ -290,20 +290,23 @@ def _info_fields(text: str) -> dict[str, str]:
 
 
 class RedisClusterServers:
-    """A Redis Cluster of ``size`` primaries and no replicas on 127.0.0.1, in one directory.
+    """A Redis Cluster of ``size`` primaries, each with ``replicas`` replicas, on 127.0.0.1, in
+    one directory.
 
     Each node gets a free port and a free cluster-bus port (``cluster-port``, so the bus never
     collides with another process on port + 10000). `start` returns once every node reports
     ``cluster_state:ok`` with all 16384 slots assigned and agrees on the node count.
     """
 
-    def __init__(self, directory: Path, size: int = 3) -> None:
+    def __init__(self, directory: Path, size: int = 3, replicas: int = 0) -> None:
         if REDIS_SERVER is None or REDIS_CLI is None:
             raise RuntimeError("redis-server or redis-cli is not on PATH")
         self.directory = directory
         self.nodes: list[RedisServer] = []
-        ports = free_ports(2 * size)
-        for port, bus_port in zip(ports[:size], ports[size:], strict=True):
+        self.replicas = replicas
+        count = size * (1 + replicas)
+        ports = free_ports(2 * count)
+        for port, bus_port in zip(ports[:count], ports[count:], strict=True):
             options = (
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", f"nodes-{port}.conf",
@@ -330,7 +333,7 @@ class RedisClusterServers:
                 [
                     REDIS_CLI, "--cluster", "create",
                     *(f"127.0.0.1:{port}" for port in self.ports),
-                    "--cluster-replicas", "0", "--cluster-yes",
+                    "--cluster-replicas", str(self.replicas), "--cluster-yes",
                 ],
                 check=True,
                 capture_output=True,
@@ -358,8 +361,10 @@ class RedisClusterServers:
 
 
 @contextlib.contextmanager
-def running_cluster(directory: Path, size: int = 3) -> Iterator[RedisClusterServers]:
-    cluster = RedisClusterServers(directory, size)
+def running_cluster(
+    directory: Path, size: int = 3, replicas: int = 0
+) -> Iterator[RedisClusterServers]:
+    cluster = RedisClusterServers(directory, size, replicas)
     cluster.start()
     try:
         yield cluster
