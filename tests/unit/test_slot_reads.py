@@ -13,6 +13,7 @@ import pytest
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import Connection
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -59,20 +60,28 @@ class Node:
 
 class StandIn:
     """What `SlotReads` uses of a ``RedisCluster``: its encoder, its slot map (every slot on
-    one node) and its own GET and MGET, which answer ``from the client``."""
+    one node) and its own GET and MGET, which answer ``from the client`` after failing with a
+    connection error as many times as ``dropping`` says."""
 
     def __init__(self, node: ClusterNode) -> None:
         self.encoder = type("Encoder", (), {"encoding": "utf-8", "encoding_errors": "strict"})()
         primaries = {slot: [node] for slot in range(16384)}
         self.nodes_manager = type("Nodes", (), {"slots_cache": primaries})()
         self.asked: list[Any] = []
+        self.dropping = 0
+
+    def _answer(self, asked: Any) -> None:
+        self.asked.append(asked)
+        if self.dropping:
+            self.dropping -= 1
+            raise RedisConnectionError("Connection closed by server.")
 
     async def get(self, key: str) -> bytes:
-        self.asked.append(key)
+        self._answer(key)
         return b"from the client"
 
     async def mget_nonatomic(self, keys: list[str]) -> list[bytes]:
-        self.asked.append(keys)
+        self._answer(keys)
         return [b"from the client"] * len(keys)
 
 
@@ -143,3 +152,20 @@ async def test_a_timeout_fails_the_read_at_once_and_is_not_rerouted(
     with pytest.raises(RedisTimeoutError):
         await reads.mget(["a", "silent"])
     assert client.asked == []
+
+
+async def test_the_client_is_asked_again_once_after_a_connection_error(
+    reads: SlotReads, client: StandIn
+) -> None:
+    """A primary that lost a failover closes its connections: the cluster client's first try
+    fails, and by the second it has refreshed its map."""
+    client.dropping = 1
+    assert await reads.get("moved") == b"from the client"
+    assert client.asked == ["moved", "moved"]
+    client.dropping = 1
+    assert await reads.mget(["a", "moved"]) == [b"a", b"from the client"]
+    assert client.asked[2:] == [["moved"], ["moved"]]
+    client.dropping = 2
+    with pytest.raises(RedisConnectionError):
+        await reads.get("moved")
+    assert len(client.asked) == 6, "twice at most"

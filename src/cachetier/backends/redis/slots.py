@@ -21,14 +21,14 @@ A timeout is not handed over: it fails the read at once, as on a single server.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast, final
 
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
-from .errors import PROTOCOL_ERROR, REROUTED_ERRORS, rerouted
+from .errors import PROTOCOL_ERROR, REROUTED_ERRORS, RETRIED_ERRORS, rerouted
 from .pipeline import GET, HeldReads, mget_command
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ class SlotReads:
         name = key.encode(self._encoding, self._encoding_errors)
         held = self._node_reads(key_slot(name))
         if held is None:
-            return cast("Awaitable[bytes | None]", self._client.get(key))
+            return cast("Awaitable[bytes | None]", self._ask_client(self._client.get, key))
         return self._get(held.send_now(GET % (len(name), name)), key)
 
     async def _get(self, waiter: asyncio.Future[Any] | None, key: str) -> bytes | None:
@@ -111,7 +111,7 @@ class SlotReads:
             except REROUTED_ERRORS as exc:
                 if not rerouted(exc):
                     raise
-        return cast("bytes | None", await self._client.get(key))
+        return cast("bytes | None", await self._ask_client(self._client.get, key))
 
     async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         """MGET ``keys`` (at least one): one MGET per hash slot, all sent at once."""
@@ -141,7 +141,9 @@ class SlotReads:
                 if answer is None:
                     answer = cast(
                         "list[bytes | None]",
-                        await self._client.mget_nonatomic([keys[index] for index in indexes]),
+                        await self._ask_client(
+                            self._client.mget_nonatomic, [keys[index] for index in indexes]
+                        ),
                     )
                 if len(answer) != len(indexes):
                     # Never seen: a connection out of step. A backend failure, not a crash.
@@ -159,6 +161,17 @@ class SlotReads:
                 elif not waiter.cancelled():
                     waiter.exception()
         return values
+
+    @staticmethod
+    async def _ask_client(command: Callable[[Any], Awaitable[Any]], argument: Any) -> Any:
+        """``command(argument)`` through the cluster client, sent again once after a connection
+        error: a primary that restarted or lost a failover closed its connections, and by the
+        second try the client has refreshed its map. A read is safe to send twice; one server's
+        reads are retried the same way (`pipeline`)."""
+        try:
+            return await command(argument)
+        except RETRIED_ERRORS:
+            return await command(argument)
 
     async def aclose(self) -> None:
         """Closes every held connection; new reads open new ones."""
