@@ -19,6 +19,8 @@ from cachetier import BackendError
 from cachetier.backends import RedisBackend
 from cachetier.backends.redis.resp import Replies
 
+from ..servers import serving
+
 
 @dataclass
 class Scripted:
@@ -54,14 +56,8 @@ class Scripted:
 @pytest.fixture
 async def scripted() -> AsyncIterator[Scripted]:
     server_state = Scripted()
-    server = await asyncio.start_server(server_state.serve, "127.0.0.1", 0)
-    server_state.port = server.sockets[0].getsockname()[1]
-    try:
+    async with serving(server_state.serve) as server_state.port:
         yield server_state
-    finally:
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 1)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ node's answer, which go to the client, and which fail the read."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cachetier.backends.redis.resp import Replies
 from cachetier.backends.redis.slots import SlotReads
+
+from ..servers import serving
 
 
 @dataclass
@@ -88,14 +89,8 @@ class StandIn:
 @pytest.fixture
 async def node() -> AsyncIterator[Node]:
     state = Node()
-    server = await asyncio.start_server(state.serve, "127.0.0.1", 0)
-    state.port = server.sockets[0].getsockname()[1]
-    try:
+    async with serving(state.serve) as state.port:
         yield state
-    finally:
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 1)
 
 
 @pytest.fixture
