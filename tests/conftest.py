@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,6 +88,37 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     need_redis_server(cli=True)
     with running_cluster(tmp_path_factory.mktemp("cluster")) as servers:
         yield servers
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[pytest.TestReport]:
+    report: pytest.TestReport = yield
+    if report.when == "call" and report.failed:
+        item.stash[_FAILED] = True
+    return report
+
+
+@pytest.fixture(autouse=True)
+def _collect_after_a_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that failed, collects garbage before the next test starts.
+
+    A test that fails before closing what it opened (a cache, a client) leaves objects whose
+    ``__del__`` warns (``ResourceWarning``, an error in this suite); collected later, they
+    would fail whichever test runs then, as an innocent second failure.
+    """
+    yield
+    if request.node.stash.get(_FAILED, False):
+        # pytest keeps the failure's traceback (for post-mortem debugging) until the next
+        # test's call, and with it the frames holding what the test left open.
+        for name in ("last_exc", "last_type", "last_value", "last_traceback"):
+            if hasattr(sys, name):
+                delattr(sys, name)
+        gc.collect()
 
 
 @pytest.fixture
