@@ -457,20 +457,16 @@ class HeldReads:
         return None if lane is None else lane.send(command)
 
     async def _send(self, command: bytes, keys: Sequence[str], *, single: bool) -> Any:
-        loop = asyncio.get_running_loop()
         retries = self._retries
         while True:
-            # Looked up on every attempt: `aclose` may have replaced them meanwhile.
-            lanes = self._lanes
-            if self._loop is not loop or lanes is None:
-                lanes = self._lanes_of(loop)
-            lane = lanes.pick()
+            # A lane picked on every attempt: `aclose` may have replaced them meanwhile.
+            waiter = self.send_now(command)
             try:
-                if lane is None:
+                if waiter is None:
                     # Every held connection is that far behind: the pool, as before.
                     values = await self._fallback(keys)
                     return values[0] if single else values
-                return await lane.send(command)
+                return await waiter
             except RETRIED_ERRORS:
                 # A held connection the server closed (a restart) fails its first read; a
                 # read is safe to send again, once, as redis-py's Retry would.
