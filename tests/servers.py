@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -372,6 +373,20 @@ class RedisClusterServers:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+def record_commands(client: Any) -> list[str]:
+    """Records the name of every command ``client`` (a redis-py client) is asked to send from
+    now on, in the list returned; the commands still go out."""
+    sent: list[str] = []
+    original = client.execute_command
+
+    async def spy(*args: object, **options: object) -> object:
+        sent.append(str(args[0]))
+        return await original(*args, **options)
+
+    client.execute_command = spy
+    return sent
 
 
 @contextlib.contextmanager

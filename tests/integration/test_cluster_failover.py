@@ -16,7 +16,7 @@ from cachetier import BackendError
 from cachetier.backends import RedisBackend, RedisClusterBackend
 
 from ..conftest import need_redis_server
-from ..servers import RedisClusterServers, running_cluster
+from ..servers import RedisClusterServers, record_commands, running_cluster
 
 pytestmark = [
     pytest.mark.redis,
@@ -117,14 +117,7 @@ async def test_reads_follow_a_failover_to_the_promoted_replica(
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.05)
         # Once the map is refreshed, reads of the promoted replica's slots are held again.
-        sent: list[object] = []
-        original = backend._client.execute_command
-
-        async def spy(*args: object, **options: object) -> object:
-            sent.append(args[0])
-            return await original(*args, **options)
-
-        backend._client.execute_command = spy  # type: ignore[method-assign]
+        sent = record_commands(backend._client)
         assert await backend.get_many(keys) == [values[key] for key in keys]
         assert await backend.get(keys[0]) == values[keys[0]]
         assert sent == []

@@ -21,7 +21,7 @@ from cachetier import BackendError, Cache
 from cachetier.backends import RedisBackend, RedisClusterBackend
 
 from ..conftest import need_redis_server
-from ..servers import RedisClusterServers, running_cluster
+from ..servers import RedisClusterServers, record_commands, running_cluster
 
 pytestmark = pytest.mark.redis
 
@@ -106,27 +106,13 @@ async def _owner(raw: RedisCluster, key: str) -> int:
     return int(node.port)
 
 
-def _sending_nothing_through_the_client(backend: RedisClusterBackend) -> list[str]:
-    """Records the commands the backend's cluster client is asked to send."""
-    sent: list[str] = []
-    client = backend._client
-    original = client.execute_command
-
-    async def spy(*args: object, **options: object) -> object:
-        sent.append(str(args[0]))
-        return await original(*args, **options)
-
-    client.execute_command = spy  # type: ignore[method-assign]
-    return sent
-
-
 async def test_reads_of_every_primary_go_over_held_connections(
     backend: RedisClusterBackend, raw: RedisCluster, namespace: str
 ) -> None:
     keys = [f"{namespace}:{index}" for index in range(60)]
     assert len({await _owner(raw, key) for key in keys}) == 3
     await backend.set_many({key: key.encode() for key in keys[::2]})
-    sent = _sending_nothing_through_the_client(backend)
+    sent = record_commands(backend._client)
     for key in keys:
         assert await backend.get(key) == (key.encode() if key in keys[::2] else None)
     assert await backend.get_many(keys) == [
@@ -172,7 +158,7 @@ async def test_a_read_of_a_slot_that_moved_is_answered_by_its_new_primary(
     assert await backend.get(key) == b"v1"
     await raw.set(key, b"v2")
     assert await backend.get_many([other, key]) == [b"o", b"v2"]
-    sent = _sending_nothing_through_the_client(backend)
+    sent = record_commands(backend._client)
     assert await backend.get(key) == b"v2"
     assert sent == [], "once the map is refreshed, reads of the moved slot are held again"
     await nodes.start_moving(_slot(key), target, source)

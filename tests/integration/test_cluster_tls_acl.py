@@ -24,6 +24,7 @@ from ..servers import (
     TlsUnsupportedError,
     free_ports,
     make_tls_files,
+    record_commands,
 )
 
 pytestmark = pytest.mark.redis
@@ -144,15 +145,7 @@ async def test_reads_of_every_primary_go_over_held_tls_connections(
     await backend.set_many({key: key.encode() for key in keys})
     assert await backend.get_many(keys) == [key.encode() for key in keys]
     # From here on, only held connections: the cluster client sends nothing.
-    sent: list[object] = []
-    client = backend._client
-    original = client.execute_command
-
-    async def spy(*args: object, **options: object) -> object:
-        sent.append(args[0])
-        return await original(*args, **options)
-
-    client.execute_command = spy  # type: ignore[method-assign]
+    sent = record_commands(backend._client)
     assert await backend.get_many(keys) == [key.encode() for key in keys]
     for key in keys:
         assert await backend.get(key) == key.encode()
